@@ -1,0 +1,159 @@
+"""Reading TFLite flatbuffers: operators, tensor types and weight bytes.
+
+Uses the schema bindings shipped with tflite-micro, so tools that only inspect a
+model do not import TensorFlow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
+
+from tfqnet.errors import InvalidModelFileError
+
+TENSOR_TYPES = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+BUILTIN_OPS = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+_ELEMENT_BITS = {"INT4": 4, "UINT4": 4, "INT2": 2, "INT8": 8, "UINT8": 8, "INT16": 16,
+                 "FLOAT16": 16, "INT32": 32, "FLOAT32": 32, "INT64": 64}
+
+
+@dataclass(frozen=True)
+class Tensor:
+    index: int
+    name: str
+    type: str
+    shape: tuple[int, ...]
+    buffer_bytes: int  # bytes of constant data (0 for activations)
+    scales: tuple[float, ...] = ()
+    zero_points: tuple[int, ...] = ()
+    quantized_dimension: int = 0
+
+    @property
+    def is_constant(self) -> bool:
+        return self.buffer_bytes > 0
+
+
+@dataclass(frozen=True)
+class Operator:
+    index: int
+    name: str  # builtin name, or the custom code
+    version: int
+    inputs: tuple[int, ...]
+    outputs: tuple[int, ...]
+
+
+@dataclass
+class FlatbufferModel:
+    """A parsed flatbuffer (first subgraph: TFLM models have one)."""
+
+    data: bytes
+    tensors: list[Tensor] = field(default_factory=list)
+    operators: list[Operator] = field(default_factory=list)
+    inputs: tuple[int, ...] = ()
+    outputs: tuple[int, ...] = ()
+    metadata_names: tuple[str, ...] = ()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> FlatbufferModel:
+        data = bytes(data)
+        if len(data) < 8 or data[4:8] != b"TFL3":
+            raise InvalidModelFileError(
+                "not a TFLite flatbuffer (missing the 'TFL3' identifier)"
+            )
+        try:
+            model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(data, 0))
+            graph = model.subgraphs[0]
+            buffers = model.buffers or []
+            tensors = []
+            for i, t in enumerate(graph.tensors or []):
+                buf = buffers[t.buffer] if t.buffer < len(buffers) else None
+                nbytes = 0
+                if buf is not None:
+                    if buf.data is not None:
+                        nbytes = len(buf.data)
+                    elif buf.size:
+                        nbytes = int(buf.size)
+                q = t.quantization
+                tensors.append(
+                    Tensor(
+                        index=i,
+                        name=(t.name or b"").decode("utf-8", "replace"),
+                        type=TENSOR_TYPES.get(t.type, str(t.type)),
+                        shape=tuple(int(d) for d in (t.shape if t.shape is not None else [])),
+                        buffer_bytes=nbytes,
+                        scales=tuple(float(s) for s in (q.scale if q is not None and
+                                                         q.scale is not None else [])),
+                        zero_points=tuple(int(z) for z in (q.zeroPoint if q is not None and
+                                                            q.zeroPoint is not None else [])),
+                        quantized_dimension=int(q.quantizedDimension) if q is not None else 0,
+                    )
+                )
+            operators = []
+            for i, op in enumerate(graph.operators or []):
+                code = model.operatorCodes[op.opcodeIndex]
+                builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
+                name = BUILTIN_OPS.get(builtin, str(builtin))
+                if name == "CUSTOM":
+                    name = (code.customCode or b"CUSTOM").decode("utf-8", "replace")
+                operators.append(
+                    Operator(
+                        index=i,
+                        name=name,
+                        version=int(code.version),
+                        inputs=tuple(int(x) for x in (op.inputs if op.inputs is not None
+                                                      else [])),
+                        outputs=tuple(int(x) for x in (op.outputs if op.outputs is not None
+                                                       else [])),
+                    )
+                )
+            metadata = tuple(
+                (m.name or b"").decode("utf-8", "replace") for m in (model.metadata or [])
+            )
+        except InvalidModelFileError:
+            raise
+        except Exception as error:  # a corrupt buffer fails anywhere inside the bindings
+            raise InvalidModelFileError(f"corrupt TFLite flatbuffer ({error})") from None
+        return cls(
+            data=data,
+            tensors=tensors,
+            operators=operators,
+            inputs=tuple(int(x) for x in graph.inputs),
+            outputs=tuple(int(x) for x in graph.outputs),
+            metadata_names=metadata,
+        )
+
+    @cached_property
+    def op_names(self) -> list[str]:
+        """Distinct operator names, in order of first use."""
+        return list(dict.fromkeys(op.name for op in self.operators))
+
+    def weight_tensors(self) -> list[Tensor]:
+        """Constant tensors that operators read as filters/kernels (input 1)."""
+        indices = {
+            op.inputs[1]
+            for op in self.operators
+            if op.name in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV")
+            and len(op.inputs) > 1 and op.inputs[1] >= 0
+        }
+        return [t for t in self.tensors if t.index in indices and t.is_constant]
+
+    def weight_bytes(self) -> int:
+        return sum(t.buffer_bytes for t in self.weight_tensors())
+
+    def float_tensors(self) -> list[Tensor]:
+        """Tensors used by operators that hold floating-point data."""
+        used = {i for op in self.operators for i in (*op.inputs, *op.outputs) if i >= 0}
+        return [t for t in self.tensors if t.index in used and t.type.startswith("FLOAT")]
+
+
+def element_count(shape: tuple[int, ...]) -> int:
+    return int(np.prod(shape)) if shape else 1
+
+
+def packed_bytes(tensor: Tensor) -> int:
+    """Bytes a tensor's elements need at its type's width (INT4: two a byte)."""
+    bits = _ELEMENT_BITS.get(tensor.type, 8)
+    return (element_count(tensor.shape) * bits + 7) // 8

@@ -1,0 +1,21 @@
+"""Exceptions tfqnet raises. Each message names the problem and the way forward."""
+
+
+class TfqnetError(Exception):
+    """Base class of tfqnet's errors."""
+
+
+class Keras3ModelError(TfqnetError, TypeError):
+    """A Keras 3 model was given where TFMOT needs a tf-keras (Keras 2) model."""
+
+
+class UnsupportedLayerError(TfqnetError, ValueError):
+    """A layer tfqnet cannot quantize; the message names it and how to skip it."""
+
+
+class ConversionError(TfqnetError, RuntimeError):
+    """The converted flatbuffer breaks the export contract (e.g. float ops remain)."""
+
+
+class InvalidModelFileError(TfqnetError, ValueError):
+    """A file is not a readable TFLite flatbuffer."""

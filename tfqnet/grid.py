@@ -1,0 +1,132 @@
+"""The export grid: the integer codes every tfqnet quantizer lands on.
+
+This module is the single place where tfqnet's quantizers meet TFLite. Whatever a
+method learns (a step size, a sigmoid sum, a ternary threshold, a bit-width), in
+inference mode it produces values ``scale * code`` with integer codes and hands them
+to :func:`weight_fake_quant` or :func:`activation_fake_quant`. Those emit
+TensorFlow FakeQuant ops whose min/max place the codes exactly on the grid the
+TFLite converter derives from them, so the converted integer model holds exactly
+the trained values.
+
+Weights: symmetric, narrow range, zero point 0. Codes of a ``bits``-bit weight are
+``[-(2**(bits-1) - 1), 2**(bits-1) - 1]``. Weights of 4 bits or fewer are stored in a
+4-bit container (packed INT4 in the flatbuffer: codes -7..7), wider ones in int8
+(codes -127..127); the container does not change the values, only their storage.
+
+Activations: asymmetric, ``bits`` in 2..8, levels ``scale * (q - zero_point)`` for
+``q in [0, 2**bits - 1]`` with an integer ``zero_point``. TFLite has no 4-bit
+activation tensors, so a k-bit activation lives in an int8 tensor with the same scale:
+int8 code ``q - 128``. The bottom of the k-bit range is the bottom of the int8 range;
+the top is kept by a MINIMUM op (which TFLM runs on int8) when ``bits < 8``.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+WEIGHT_BITS = range(2, 9)
+ACTIVATION_BITS = range(2, 9)
+
+
+def check_bits(bits: int, what: str, allowed: range = WEIGHT_BITS) -> int:
+    """Validates a bit-width and returns it as an int."""
+    if isinstance(bits, bool) or not isinstance(bits, int) or bits not in allowed:
+        raise ValueError(
+            f"{what} must be an integer from {allowed.start} to {allowed.stop - 1}, got {bits!r}."
+        )
+    return bits
+
+
+def weight_qmax(bits: int) -> int:
+    """Largest weight code of a symmetric narrow-range ``bits``-bit grid."""
+    return 2 ** (bits - 1) - 1
+
+
+def weight_storage_bits(bits: int) -> int:
+    """Bits of the flatbuffer container for ``bits``-bit weights: 4 (packed INT4) or 8."""
+    return 4 if bits <= 4 else 8
+
+
+def activation_qmax(bits: int) -> int:
+    """Largest code of an unsigned ``bits``-bit activation grid."""
+    return 2**bits - 1
+
+
+# --- differentiable pieces used in training mode -------------------------------------
+
+
+def round_ste(x: tf.Tensor) -> tf.Tensor:
+    """Round to nearest; the gradient passes straight through (identity)."""
+    return x + tf.stop_gradient(tf.round(x) - x)
+
+
+def scale_gradient(x: tf.Tensor, factor: float | tf.Tensor) -> tf.Tensor:
+    """Identity in the forward pass; multiplies the gradient by ``factor``.
+
+    LSQ (Esser et al., 2020) scales the step-size gradient by 1/sqrt(N * qmax) so that
+    the step size learns at the same pace as the weights it quantizes.
+    """
+    return tf.stop_gradient(x - x * factor) + x * factor
+
+
+def quantize_symmetric(x: tf.Tensor, scale: tf.Tensor, bits: int) -> tf.Tensor:
+    """``scale * clip(round(x / scale), -qmax, qmax)`` with straight-through rounding.
+
+    Gradients: d/dx is 1 inside the clip range and 0 outside; d/dscale is
+    ``round(x/s) - x/s`` inside and ``+-qmax`` outside (the LSQ step-size gradient).
+    """
+    qmax = weight_qmax(bits)
+    return tf.clip_by_value(round_ste(x / scale), -qmax, qmax) * scale
+
+
+def quantize_asymmetric(
+    x: tf.Tensor, scale: tf.Tensor, zero_point: tf.Tensor, bits: int
+) -> tf.Tensor:
+    """``scale * (clip(round(x / scale) + zp, 0, 2**bits - 1) - zp)``, straight-through.
+
+    ``zero_point`` is an integer-valued tensor and gets no gradient.
+    """
+    zero_point = tf.stop_gradient(zero_point)
+    q = tf.clip_by_value(round_ste(x / scale) + zero_point, 0.0, activation_qmax(bits))
+    return (q - zero_point) * scale
+
+
+# --- inference mode: the export contract -----------------------------------------------
+
+
+def weight_fake_quant(
+    values: tf.Tensor, scale: tf.Tensor, bits: int, per_axis: bool
+) -> tf.Tensor:
+    """FakeQuant for weights already on the grid ``scale * code``, |code| <= qmax(bits).
+
+    ``scale`` is a scalar, or a vector over the last axis when ``per_axis``. The op's
+    range is the storage container's (+-7 or +-127 codes, narrow range), so every level
+    of a ``bits``-bit grid maps to its own integer code and converts exactly; weights
+    of <= 4 bits become packed INT4 tensors.
+    """
+    storage = weight_storage_bits(bits)
+    limit = weight_qmax(storage) * scale
+    if per_axis:
+        return tf.quantization.fake_quant_with_min_max_vars_per_channel(
+            values, -limit, limit, num_bits=storage, narrow_range=True
+        )
+    return tf.quantization.fake_quant_with_min_max_vars(
+        values, -limit, limit, num_bits=storage, narrow_range=True
+    )
+
+
+def activation_fake_quant(
+    x: tf.Tensor, scale: tf.Tensor, zero_point: tf.Tensor, bits: int
+) -> tf.Tensor:
+    """FakeQuant of an activation onto the ``bits``-bit grid, held in an int8 tensor.
+
+    The int8 tensor has step ``scale`` and zero point ``zero_point - 128``; for
+    ``bits < 8`` a MINIMUM at level ``2**bits - 1`` keeps the k-bit clamp in the
+    deployed graph (TFLite requantization only saturates at the int8 ends).
+    """
+    zero_point = tf.stop_gradient(zero_point)
+    if bits < 8:
+        x = tf.minimum(x, (activation_qmax(bits) - zero_point) * scale)
+    return tf.quantization.fake_quant_with_min_max_vars(
+        x, -zero_point * scale, (255.0 - zero_point) * scale, num_bits=8, narrow_range=False
+    )

@@ -1,0 +1,111 @@
+"""Running a flatbuffer on TFLite Micro's reference kernels (the TFLM Python runtime).
+
+The TFLM runtime executes the same reference kernels a Cortex-M board runs without
+optimized kernels, so it is tfqnet's golden oracle for "what the board computes".
+It runs batch 1; :class:`MicroInterpreter` loops over a batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from tflite_micro import runtime as _tflm
+
+from tfqnet.convert.flatbuffer import FlatbufferModel
+
+#: Arena used when none is given: generous, because too small an arena can crash the
+#: process inside the runtime (measure the real minimum with tfqnet's arena probe).
+DEFAULT_ARENA_BYTES = 2 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TensorDetails:
+    dtype: type
+    shape: tuple[int, ...]
+    scale: float
+    zero_point: int
+
+    @property
+    def is_quantized(self) -> bool:
+        return self.scale != 0.0
+
+    def quantize(self, x: np.ndarray) -> np.ndarray:
+        """Float values -> this tensor's integer codes (round half away, saturate)."""
+        if not self.is_quantized:
+            return np.asarray(x, dtype=self.dtype)
+        info = np.iinfo(self.dtype)
+        codes = np.round(np.asarray(x, np.float64) / self.scale) + self.zero_point
+        return np.clip(codes, info.min, info.max).astype(self.dtype)
+
+    def dequantize(self, q: np.ndarray) -> np.ndarray:
+        if not self.is_quantized:
+            return np.asarray(q, np.float32)
+        return ((q.astype(np.float32) - self.zero_point) * self.scale).astype(np.float32)
+
+
+def _details(raw: dict) -> TensorDetails:
+    params = raw.get("quantization_parameters") or {}
+    scales = params.get("scales")
+    zero_points = params.get("zero_points")
+    return TensorDetails(
+        dtype=np.dtype(raw["dtype"]).type,
+        shape=tuple(int(d) for d in raw["shape"]),
+        scale=float(scales[0]) if scales is not None and len(scales) else 0.0,
+        zero_point=int(zero_points[0]) if zero_points is not None and len(zero_points) else 0,
+    )
+
+
+class MicroInterpreter:
+    """A flatbuffer loaded into the TFLM runtime.
+
+    ``predict(x)`` takes a batch per model input. Float arrays are quantized with the
+    input tensor's scale and zero point; integer arrays of the input dtype are passed
+    as they are. Outputs are dequantized to float unless ``raw=True``.
+    """
+
+    def __init__(self, model: bytes, arena_size: int | None = None):
+        self.model = bytes(model)
+        arena = arena_size or max(DEFAULT_ARENA_BYTES, 10 * len(self.model))
+        self._interpreter = _tflm.Interpreter.from_bytes(self.model, arena_size=arena)
+        graph = FlatbufferModel.from_bytes(self.model)
+        self.inputs = [_details(self._interpreter.get_input_details(i))
+                       for i in range(len(graph.inputs))]
+        self.outputs = [_details(self._interpreter.get_output_details(i))
+                        for i in range(len(graph.outputs))]
+
+    def _prepare(self, x, details: TensorDetails) -> np.ndarray:
+        x = np.asarray(x)
+        if x.shape[1:] != details.shape[1:]:
+            raise ValueError(f"input batch has shape {x.shape}; the model takes {details.shape}")
+        if np.issubdtype(x.dtype, np.floating) and details.is_quantized:
+            return details.quantize(x)
+        return x.astype(details.dtype, copy=False)
+
+    def invoke_one(self, sample: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Runs one batch-1 sample (already the input dtype); returns raw outputs."""
+        for index, value in enumerate(sample):
+            self._interpreter.set_input(value, index)
+        self._interpreter.invoke()
+        return [np.array(self._interpreter.get_output(i)) for i in range(len(self.outputs))]
+
+    def predict(self, x, raw: bool = False):
+        batches = list(x) if isinstance(x, list | tuple) else [x]
+        if len(batches) != len(self.inputs):
+            raise ValueError(f"the model has {len(self.inputs)} input(s), got {len(batches)}")
+        batches = [self._prepare(b, d) for b, d in zip(batches, self.inputs, strict=True)]
+        results: list[list[np.ndarray]] = [[] for _ in self.outputs]
+        for i in range(batches[0].shape[0]):
+            outputs = self.invoke_one([b[i : i + 1] for b in batches])
+            for store, value in zip(results, outputs, strict=True):
+                store.append(value.reshape(value.shape[1:]) if value.shape[:1] == (1,) else value)
+        stacked = [np.stack(r) for r in results]
+        if not raw:
+            stacked = [d.dequantize(s) for d, s in zip(self.outputs, stacked, strict=True)]
+        return stacked[0] if len(stacked) == 1 else stacked
+
+
+def run_tflm(model: bytes, x, raw: bool = False, arena_size: int | None = None):
+    """One-shot: load ``model`` into the TFLM runtime and predict on the batch ``x``."""
+    return MicroInterpreter(model, arena_size).predict(x, raw=raw)

@@ -1,0 +1,147 @@
+"""``quantize_model``: a Keras model in, a TFMOT quantization-aware model out."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import tensorflow_model_optimization as tfmot
+
+from tfqnet import grid
+from tfqnet._keras import keras, require_tf_keras_model
+from tfqnet.errors import UnsupportedLayerError
+from tfqnet.quantize.configs import LayerQuantizeConfig
+from tfqnet.quantize.methods import get_method
+from tfqnet.quantize.registry import QuantizeRegistry, unsupported_reason
+from tfqnet.quantize.scheme import QuantizeScheme
+
+_tfmot_q = tfmot.quantization.keras
+L = keras.layers
+
+
+def _folded_batch_norms(model: keras.Model) -> set[str]:
+    """Names of BatchNormalization layers the layout transform will fold."""
+    folded = set()
+    for layer in model.layers:
+        if not isinstance(layer, L.BatchNormalization) or len(layer._inbound_nodes) != 1:
+            continue
+        producers = layer._inbound_nodes[0].inbound_layers
+        producers = producers if isinstance(producers, list) else [producers]
+        if len(producers) != 1:
+            continue
+        producer = producers[0]
+        if (
+            type(producer) in (L.Conv1D, L.Conv2D, L.DepthwiseConv2D, L.Dense)
+            and keras.activations.serialize(producer.activation) == "linear"
+            and len(producer._outbound_nodes) == 1
+        ):
+            folded.add(layer.name)
+    return folded
+
+
+def _check_layers(model: keras.Model, skip: set[str]) -> None:
+    folded = _folded_batch_norms(model)
+    for layer in model.layers:
+        if layer.name in skip or layer.name in folded:
+            continue
+        reason = unsupported_reason(layer)
+        if reason is not None:
+            raise UnsupportedLayerError(
+                f"cannot quantize layer {layer.name!r} ({type(layer).__name__}): {reason}. "
+                f"To leave it float during training, pass skip=[{layer.name!r}] to "
+                "quantize_model (tfqnet.convert then quantizes it to int8 post-training), "
+                "or replace it with a supported layer."
+            )
+
+
+def _output_layer_names(model: keras.Model) -> frozenset[str]:
+    return frozenset(layer.name for layer in model._output_layers)
+
+
+def quantize_model(
+    model: keras.Model,
+    method: str = "uniform",
+    weight_bits: int = 8,
+    activation_bits: int = 8,
+    *,
+    skip: Iterable[str] = (),
+    overrides: Mapping[str, Mapping[str, int]] | None = None,
+    **options: Any,
+) -> keras.Model:
+    """Returns a quantization-aware copy of ``model`` (the original is not changed).
+
+    Args:
+      model: a built tf-keras Sequential or Functional model (float, ideally trained).
+      method: ``"uniform"`` (learned step size) or another registered method.
+      weight_bits: kernel bits, 2..8. <= 4 bits deploy as packed INT4.
+      activation_bits: activation bits, 2..8 (deployed in int8 tensors on the same grid).
+      skip: names of layers to leave float during QAT (converted post-training to int8).
+      overrides: per-layer bits, e.g. ``{"conv2d": {"weight_bits": 8}}``.
+      **options: method options (see the method's quantizer module).
+
+    The model input and the model outputs use 8-bit grids; BatchNormalization after a
+    convolution/Dense is folded into it; a ReLU after one is fused into it. Fine-tune
+    the result with ``fit`` and the callbacks from :func:`tfqnet.callbacks`, then
+    :func:`tfqnet.convert` it.
+    """
+    require_tf_keras_model(model)
+    grid.check_bits(weight_bits, "weight_bits")
+    grid.check_bits(activation_bits, "activation_bits", grid.ACTIVATION_BITS)
+    quantization_method = get_method(method, **options)
+    if not isinstance(model, keras.Sequential) and not getattr(model, "_is_graph_network", False):
+        raise UnsupportedLayerError(
+            f"model {model.name!r} is a subclassed model; quantize_model needs a Sequential "
+            "or Functional model. Rebuild it with the functional API."
+        )
+    if not model.built:
+        raise ValueError(
+            f"model {model.name!r} is not built; call model.build(input_shape) or give its "
+            "first layer an input shape."
+        )
+    skip = set(skip)
+    unknown = skip.union(overrides or {}) - {layer.name for layer in model.layers}
+    if unknown:
+        raise ValueError(f"skip/overrides name layers the model does not have: {sorted(unknown)}")
+    _check_layers(model, skip)
+
+    registry = QuantizeRegistry(
+        quantization_method,
+        weight_bits,
+        activation_bits,
+        overrides=overrides,
+        output_layers=_output_layer_names(model),
+    )
+    for name in overrides or {}:
+        registry.bits_for(name)  # validate override bits before any work
+
+    def annotate(layer):
+        if layer.name in skip or isinstance(layer, L.InputLayer):
+            return layer
+        return _tfmot_q.quantize_annotate_layer(layer)
+
+    annotated = keras.models.clone_model(model, clone_function=annotate)
+    with quantize_scope():
+        return _tfmot_q.quantize_apply(annotated, QuantizeScheme(registry))
+
+
+def quantize_scope():
+    """Context manager for loading tfqnet QAT models with tf-keras.
+
+    tfqnet's quantizers and configs are registered Keras serializables, so
+    ``tf_keras.models.load_model`` needs only TFMOT's own classes, which this scope
+    provides (it is ``tfmot.quantization.keras.quantize_scope``).
+    """
+    return _tfmot_q.quantize_scope()
+
+
+def quantizers_of(model: keras.Model) -> list:
+    """All tfqnet quantizers in a QAT model (weights, activations, inputs)."""
+    found = []
+    for layer in model.layers:
+        config = getattr(layer, "quantize_config", None)
+        if isinstance(config, LayerQuantizeConfig):
+            found.extend(config.quantizers())
+        quantizer = getattr(layer, "quantizer", None)
+        if quantizer is not None:
+            found.append(quantizer)
+    return found

@@ -1,0 +1,99 @@
+"""TFMOT QuantizeConfigs: which tensors of a layer get which tfqnet quantizer."""
+
+from __future__ import annotations
+
+import tensorflow_model_optimization as tfmot
+
+from tfqnet._keras import keras
+from tfqnet.quantizers.base import Quantizer, register
+
+_QuantizeConfig = tfmot.quantization.keras.QuantizeConfig
+
+
+def _serialize(quantizer: Quantizer | None):
+    return None if quantizer is None else keras.utils.serialize_keras_object(quantizer)
+
+
+def _deserialize(config):
+    return None if config is None else keras.utils.deserialize_keras_object(config)
+
+
+@register
+class LayerQuantizeConfig(_QuantizeConfig):
+    """Quantizes named weight attributes, the fused activation and/or the output.
+
+    ``weight_attrs`` (e.g. ``["kernel"]``) get ``weight_quantizer``; when
+    ``quantize_activation`` the layer's ``activation`` attribute is wrapped so its
+    result gets ``activation_quantizer``; when ``quantize_output`` the layer's output
+    does (layers without an activation attribute: Add, pooling, ReLU layers).
+    A config with nothing to quantize is a pass-through (Flatten, MaxPool, ...).
+    """
+
+    def __init__(
+        self,
+        weight_attrs: list[str] | None = None,
+        weight_quantizer: Quantizer | None = None,
+        activation_quantizer: Quantizer | None = None,
+        quantize_activation: bool = False,
+        quantize_output: bool = False,
+    ):
+        self.weight_attrs = list(weight_attrs or [])
+        self.weight_quantizer = weight_quantizer
+        self.activation_quantizer = activation_quantizer
+        self.quantize_activation = quantize_activation
+        self.quantize_output = quantize_output
+
+    def get_weights_and_quantizers(self, layer):
+        return [(getattr(layer, attr), self.weight_quantizer) for attr in self.weight_attrs]
+
+    def get_activations_and_quantizers(self, layer):
+        if not self.quantize_activation:
+            return []
+        return [(layer.activation, self.activation_quantizer)]
+
+    def set_quantize_weights(self, layer, quantize_weights):
+        for attr, value in zip(self.weight_attrs, quantize_weights, strict=True):
+            setattr(layer, attr, value)
+
+    def set_quantize_activations(self, layer, quantize_activations):
+        if self.quantize_activation:
+            layer.activation = quantize_activations[0]
+
+    def get_output_quantizers(self, layer):
+        return [self.activation_quantizer] if self.quantize_output else []
+
+    def quantizers(self) -> list[Quantizer]:
+        """The distinct quantizers this config uses (for schedules and reports)."""
+        found = []
+        if self.weight_attrs:
+            found.append(self.weight_quantizer)
+        if self.quantize_activation or self.quantize_output:
+            found.append(self.activation_quantizer)
+        return found
+
+    def get_config(self):
+        return {
+            "weight_attrs": self.weight_attrs,
+            "weight_quantizer": _serialize(self.weight_quantizer),
+            "activation_quantizer": _serialize(self.activation_quantizer),
+            "quantize_activation": self.quantize_activation,
+            "quantize_output": self.quantize_output,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["weight_quantizer"] = _deserialize(config["weight_quantizer"])
+        config["activation_quantizer"] = _deserialize(config["activation_quantizer"])
+        return cls(**config)
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self.get_config() == other.get_config()
+
+    def __ne__(self, other):
+        return not self == other
+
+
+def pass_through_config() -> LayerQuantizeConfig:
+    """A config that quantizes nothing: the layer keeps its input's grid."""
+    return LayerQuantizeConfig()

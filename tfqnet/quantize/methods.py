@@ -1,0 +1,53 @@
+"""Quantization methods: which quantizer a layer's weights and activations get.
+
+A method is chosen by name in :func:`tfqnet.quantize_model`. Each method module in
+:mod:`tfqnet.quantizers` defines its quantizers and registers one
+:class:`QuantizationMethod` subclass with :func:`register_method`.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, ClassVar
+
+from tfqnet.quantizers.base import Quantizer
+
+_METHODS: dict[str, type[QuantizationMethod]] = {}
+
+
+class QuantizationMethod(abc.ABC):
+    """Builds the quantizers of one method. Options arrive as keyword arguments."""
+
+    name: ClassVar[str]
+
+    def __init__(self, **options: Any) -> None:
+        if options:
+            raise TypeError(
+                f"method {self.name!r} takes no option(s) {sorted(options)}; "
+                f"see help(tfqnet.quantizers.{type(self).__module__.rsplit('.', 1)[-1]})."
+            )
+
+    @abc.abstractmethod
+    def weight_quantizer(self, bits: int, per_axis: bool, channel_dims: int) -> Quantizer:
+        """Quantizer for a kernel; ``channel_dims`` trailing axes form the output channel."""
+
+    @abc.abstractmethod
+    def activation_quantizer(self, bits: int) -> Quantizer:
+        """Quantizer for a layer output / activation."""
+
+
+def register_method(cls: type[QuantizationMethod]) -> type[QuantizationMethod]:
+    _METHODS[cls.name] = cls
+    return cls
+
+
+def get_method(name: str, **options: Any) -> QuantizationMethod:
+    if name not in _METHODS:
+        raise ValueError(
+            f"unknown quantization method {name!r}; choose one of {sorted(_METHODS)}."
+        )
+    return _METHODS[name](**options)
+
+
+def method_names() -> list[str]:
+    return sorted(_METHODS)

@@ -1,0 +1,177 @@
+"""Which layers tfqnet quantizes, and how: the TFMOT QuantizeRegistry of tfqnet."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import tensorflow_model_optimization as tfmot
+
+from tfqnet import grid
+from tfqnet._keras import keras
+from tfqnet.quantize.configs import LayerQuantizeConfig, pass_through_config
+from tfqnet.quantize.methods import QuantizationMethod
+
+L = keras.layers
+
+#: layer type -> (kernel attribute, trailing kernel axes that form an output channel)
+WEIGHTED_LAYERS = {
+    L.Conv1D: ("kernel", 1),
+    L.Conv2D: ("kernel", 1),
+    L.DepthwiseConv2D: ("depthwise_kernel", 2),
+    L.Dense: ("kernel", 1),
+}
+#: layers whose output gets its own grid
+OUTPUT_QUANTIZED_LAYERS = (
+    L.Add,
+    L.Concatenate,
+    L.ReLU,
+    L.AveragePooling1D,
+    L.AveragePooling2D,
+    L.GlobalAveragePooling1D,
+    L.GlobalAveragePooling2D,
+)
+#: layers that keep their input's grid (TFLite runs them on the input's scale)
+PASS_THROUGH_LAYERS = (
+    L.InputLayer,
+    L.MaxPooling1D,
+    L.MaxPooling2D,
+    L.GlobalMaxPooling1D,
+    L.GlobalMaxPooling2D,
+    L.Flatten,
+    L.Reshape,
+    L.Dropout,
+    L.ZeroPadding1D,
+    L.ZeroPadding2D,
+    L.Softmax,
+)
+#: activations a weighted layer may fuse: TFLite fuses them into the op's clamp
+FUSED_ACTIVATIONS = ("linear", "relu", "relu6")
+
+_ACTIVATION_HINT = (
+    "tfqnet quantizes linear/relu/relu6 layer activations (fused into the TFLite op); "
+    "for softmax put it in a separate `Softmax()` layer or train on logits "
+    "(from_logits=True)."
+)
+
+
+def _activation_name(layer: keras.layers.Layer) -> str:
+    return keras.activations.serialize(layer.activation)
+
+
+def _relu_kind(layer: keras.layers.Layer) -> str | None:
+    """'relu' or 'relu6' if the layer is a plain ReLU/ReLU6 layer, else None."""
+    if isinstance(layer, L.ReLU):
+        cfg = layer.get_config()
+        if float(cfg.get("negative_slope") or 0) != 0 or float(cfg.get("threshold") or 0) != 0:
+            return None
+        max_value = cfg.get("max_value")
+        if max_value is None:
+            return "relu"
+        return "relu6" if float(max_value) == 6.0 else None
+    if isinstance(layer, L.Activation):
+        name = _activation_name(layer)
+        return name if name in ("relu", "relu6") else None
+    return None
+
+
+def unsupported_reason(layer: keras.layers.Layer) -> str | None:
+    """Why tfqnet cannot quantize ``layer`` (None when it can)."""
+    if isinstance(layer, keras.Model):
+        return (
+            "it is a nested model (a model used as a layer); flatten it into the outer "
+            "model, e.g. build the outer model on `inner.output` instead of `inner(x)`"
+        )
+    for cls in WEIGHTED_LAYERS:
+        if type(layer) is cls:
+            if _activation_name(layer) not in FUSED_ACTIVATIONS:
+                return f"its activation {_activation_name(layer)!r} is not supported. " + (
+                    _ACTIVATION_HINT
+                )
+            return None
+    if isinstance(layer, L.Activation):
+        if _activation_name(layer) in ("relu", "relu6", "linear", "softmax"):
+            return None
+        return f"activation {_activation_name(layer)!r} is not supported. " + _ACTIVATION_HINT
+    if isinstance(layer, L.ReLU):
+        return None if _relu_kind(layer) else "only plain ReLU and ReLU6 (max_value=6) fuse"
+    if isinstance(layer, L.BatchNormalization):
+        return (
+            "a BatchNormalization is folded only directly after a Conv1D/Conv2D/"
+            "DepthwiseConv2D/Dense whose only consumer it is"
+        )
+    if type(layer) in OUTPUT_QUANTIZED_LAYERS or type(layer) in PASS_THROUGH_LAYERS:
+        return None
+    return f"tfqnet has no quantization rule for {type(layer).__name__} layers"
+
+
+@dataclass(frozen=True)
+class LayerBits:
+    weight_bits: int
+    activation_bits: int
+
+
+class QuantizeRegistry(tfmot.quantization.keras.QuantizeRegistry):
+    """Maps each supported layer to a :class:`LayerQuantizeConfig` of ``method``.
+
+    Bits come from ``weight_bits``/``activation_bits``, except that layers named in
+    ``overrides`` use theirs and the model's output layers keep 8-bit outputs (the
+    logits a user reads should not lose resolution to a low-bit activation grid).
+    Dense kernels are quantized per tensor (TFLM's FULLY_CONNECTED and the INT4 export
+    need it), convolution kernels per output channel.
+    """
+
+    def __init__(
+        self,
+        method: QuantizationMethod,
+        weight_bits: int,
+        activation_bits: int,
+        overrides: Mapping[str, Mapping[str, int]] | None = None,
+        output_layers: frozenset[str] = frozenset(),
+    ):
+        self.method = method
+        self.default_bits = LayerBits(weight_bits, activation_bits)
+        self.overrides = {name: dict(o) for name, o in (overrides or {}).items()}
+        self.output_layers = output_layers
+
+    def bits_for(self, layer_name: str) -> LayerBits:
+        override = self.overrides.get(layer_name, {})
+        activation_default = 8 if layer_name in self.output_layers else (
+            self.default_bits.activation_bits
+        )
+        return LayerBits(
+            grid.check_bits(
+                override.get("weight_bits", self.default_bits.weight_bits),
+                f"weight_bits of layer {layer_name!r}",
+            ),
+            grid.check_bits(
+                override.get("activation_bits", activation_default),
+                f"activation_bits of layer {layer_name!r}",
+                grid.ACTIVATION_BITS,
+            ),
+        )
+
+    def supports(self, layer) -> bool:
+        return unsupported_reason(layer) is None and not isinstance(layer, L.BatchNormalization)
+
+    def get_quantize_config(self, layer) -> LayerQuantizeConfig:
+        reason = unsupported_reason(layer)
+        if reason is not None:
+            raise ValueError(f"layer {layer.name!r}: {reason}")
+        bits = self.bits_for(layer.name)
+        activation = self.method.activation_quantizer(bits.activation_bits)
+        layer_type = type(layer)
+        if layer_type in WEIGHTED_LAYERS:
+            attr, channel_dims = WEIGHTED_LAYERS[layer_type]
+            per_axis = layer_type is not L.Dense
+            return LayerQuantizeConfig(
+                weight_attrs=[attr],
+                weight_quantizer=self.method.weight_quantizer(
+                    bits.weight_bits, per_axis=per_axis, channel_dims=channel_dims
+                ),
+                activation_quantizer=activation,
+                quantize_activation=True,
+            )
+        if layer_type in OUTPUT_QUANTIZED_LAYERS or _relu_kind(layer):
+            return LayerQuantizeConfig(activation_quantizer=activation, quantize_output=True)
+        return pass_through_config()

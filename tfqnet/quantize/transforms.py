@@ -1,0 +1,157 @@
+"""Layout transforms applied before quantization (TFMOT graph transformations).
+
+They make the Keras graph look like the TFLite graph it will become, so the grid a
+quantizer learns is the grid that is deployed:
+
+* a BatchNormalization after a convolution or Dense layer is folded into its kernel
+  and bias *before* QAT (with the moving statistics), so the quantizer sees the
+  folded kernel the converter stores; TFMOT's default keeps BN separate during
+  training and lets the converter fold it after fake-quant, which moves weights
+  off the trained grid;
+* a ReLU/ReLU6 layer after a convolution or Dense layer becomes that layer's fused
+  activation, and after an Add it disables the Add's own output grid (TFLite fuses it);
+* the model input gets an 8-bit activation quantizer (the int8 input tensor).
+"""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import tensorflow_model_optimization as tfmot
+from tensorflow_model_optimization.python.core.quantization.keras.graph_transformations import (
+    model_transformer,
+    transforms,
+)
+from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer import (
+    QuantizeLayer,
+)
+
+from tfqnet._keras import keras
+from tfqnet.quantize.configs import pass_through_config
+from tfqnet.quantize.methods import QuantizationMethod
+from tfqnet.quantize.registry import _relu_kind
+
+LayerNode = transforms.LayerNode
+LayerPattern = transforms.LayerPattern
+
+_WEIGHTED = "Conv1D|Conv2D|DepthwiseConv2D|Dense"
+_RELU_LAYERS = "ReLU|Activation"
+# channels-last axis of each weighted layer's output (Dense: rank-2 outputs)
+_CHANNEL_AXIS = {"Conv1D": 2, "Conv2D": 3, "DepthwiseConv2D": 3, "Dense": 1}
+
+
+def _kernel_key(node: LayerNode) -> str:
+    return "depthwise_kernel:0" if node.layer["class_name"] == "DepthwiseConv2D" else "kernel:0"
+
+
+class FoldBatchNorm(transforms.Transform):
+    """``Conv/Dense -> BatchNormalization`` becomes one Conv/Dense with a bias.
+
+    ``k' = k * gamma / sqrt(var + eps)`` per output channel and
+    ``b' = (b - mean) * gamma / sqrt(var + eps) + beta``.
+    """
+
+    def pattern(self):
+        return LayerPattern(
+            "BatchNormalization",
+            inputs=[LayerPattern(_WEIGHTED, config={"activation": "linear"})],
+        )
+
+    def replacement(self, match_layer):
+        bn_node, conv_node = match_layer, match_layer.input_layers[0]
+        bn_cfg = bn_node.layer["config"]
+        axis = bn_cfg["axis"]
+        axis = axis[0] if isinstance(axis, list | tuple) and len(axis) == 1 else axis
+        if axis not in (-1, _CHANNEL_AXIS[conv_node.layer["class_name"]]):
+            return match_layer  # not a per-channel BN of this layer: left unfolded
+        bn = bn_node.weights
+        variance = bn["moving_variance:0"]
+        gamma = bn.get("gamma:0", np.ones_like(variance))
+        beta = bn.get("beta:0", np.zeros_like(variance))
+        factor = gamma / np.sqrt(variance + bn_cfg["epsilon"])
+
+        key = _kernel_key(conv_node)
+        kernel = conv_node.weights[key]
+        if key == "depthwise_kernel:0":
+            folded = kernel * factor.reshape(kernel.shape[-2:])
+        else:
+            folded = kernel * factor
+        bias = conv_node.weights.get("bias:0", np.zeros_like(variance))
+        weights = collections.OrderedDict(
+            [(key, folded.astype(kernel.dtype)),
+             ("bias:0", ((bias - bn["moving_mean:0"]) * factor + beta).astype(kernel.dtype))]
+        )
+        layer = dict(conv_node.layer)
+        layer["config"] = dict(conv_node.layer["config"], use_bias=True)
+        return LayerNode(layer, weights, metadata=conv_node.metadata)
+
+
+class FuseReLU(transforms.Transform):
+    """``Conv/Dense(linear) -> ReLU|ReLU6`` becomes ``Conv/Dense(activation=relu|relu6)``."""
+
+    def pattern(self):
+        return LayerPattern(
+            _RELU_LAYERS, inputs=[LayerPattern(_WEIGHTED, config={"activation": "linear"})]
+        )
+
+    def replacement(self, match_layer):
+        kind = _relu_kind(keras.layers.deserialize(match_layer.layer))
+        if kind is None:
+            return match_layer
+        conv_node = match_layer.input_layers[0]
+        layer = dict(conv_node.layer)
+        layer["config"] = dict(conv_node.layer["config"], activation=kind)
+        return LayerNode(layer, conv_node.weights, metadata=conv_node.metadata)
+
+
+class AddReLU(transforms.Transform):
+    """``Add -> ReLU``: only the ReLU's output gets a grid (TFLite fuses ReLU into ADD)."""
+
+    def pattern(self):
+        return LayerPattern(_RELU_LAYERS, inputs=[LayerPattern("Add")])
+
+    def replacement(self, match_layer):
+        if _relu_kind(keras.layers.deserialize(match_layer.layer)) is None:
+            return match_layer
+        match_layer.input_layers[0].metadata["quantize_config"] = pass_through_config()
+        return match_layer
+
+
+class InputLayerQuantize(transforms.Transform):
+    """Adds a TFMOT QuantizeLayer with an 8-bit tfqnet activation quantizer after inputs."""
+
+    def __init__(self, method: QuantizationMethod):
+        self.method = method
+
+    def pattern(self):
+        return LayerPattern("InputLayer")
+
+    def replacement(self, match_layer):
+        quant_layer = QuantizeLayer(
+            self.method.activation_quantizer(8)
+        )
+        config = keras.layers.serialize(quant_layer)
+        config["name"] = quant_layer.name
+        return LayerNode(config, input_layers=[match_layer])
+
+    def custom_objects(self):
+        return {"QuantizeLayer": QuantizeLayer}
+
+
+class LayoutTransform(tfmot.quantization.keras.QuantizeLayoutTransform):
+    """tfqnet's layout transforms, in order (BN folding before ReLU fusion)."""
+
+    def __init__(self, method: QuantizationMethod):
+        self.method = method
+
+    def apply(self, model, layer_quantize_map):
+        steps = [
+            InputLayerQuantize(self.method),
+            FoldBatchNorm(),
+            FuseReLU(),
+            AddReLU(),
+        ]
+        return model_transformer.ModelTransformer(
+            model, steps, set(layer_quantize_map.keys()), layer_quantize_map
+        ).transform()

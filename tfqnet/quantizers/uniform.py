@@ -1,0 +1,155 @@
+"""Uniform quantizers with a learned step size (LSQ, Esser et al., ICLR 2020).
+
+Every tfqnet method deploys onto the grid these quantizers learn directly, so they
+are also the reference implementation of the export contract in :mod:`tfqnet.grid`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import tensorflow as tf
+
+from tfqnet import grid
+from tfqnet._keras import keras
+from tfqnet.quantize.methods import QuantizationMethod, register_method
+from tfqnet.quantizers.base import Quantizer, register
+
+_MIN_SCALE = 1e-8
+
+
+def _channels_last(x: tf.Tensor, channel_dims: int) -> tf.Tensor:
+    """Views a kernel as [N, channels], channels being its ``channel_dims`` last axes."""
+    channels = math.prod(x.shape[-channel_dims:])
+    return tf.reshape(x, [-1, channels])
+
+
+@register
+class UniformWeightQuantizer(Quantizer):
+    """Symmetric ``bits``-bit weight quantizer with a learned step size.
+
+    Forward: ``w_q = s * clip(round(w / s), -qmax, qmax)``, ``qmax = 2**(bits-1) - 1``.
+    Gradient: straight-through for ``w`` inside the range (zero outside); for ``s`` the
+    LSQ gradient ``round(w/s) - w/s`` (or ``+-qmax`` when clipped), scaled by
+    ``1 / sqrt(N * qmax)`` with N the weights per step size.
+
+    ``s`` is per output channel when ``per_axis`` (the last ``channel_dims`` axes form
+    the channel: 2 for a depthwise kernel), else per tensor. It is initialised on the
+    first training step to ``min(max|w| / qmax, 2 mean|w| / sqrt(qmax))``: the range
+    rule for wide grids, LSQ's rule where clipping outliers pays off (<= 4 bits).
+    """
+
+    def __init__(self, bits: int = 8, per_axis: bool = True, channel_dims: int = 1):
+        self.bits = grid.check_bits(bits, "weight bits")
+        self.per_axis = bool(per_axis)
+        self.channel_dims = int(channel_dims)
+
+    def get_config(self) -> dict:
+        return {"bits": self.bits, "per_axis": self.per_axis, "channel_dims": self.channel_dims}
+
+    def build(self, tensor_shape, name, layer):
+        shape = (math.prod(tensor_shape[-self.channel_dims :]),) if self.per_axis else ()
+        scale = layer.add_weight(
+            name + "_scale", shape=shape, initializer=keras.initializers.Ones(), trainable=True
+        )
+        return {"scale": scale, "initialized": self.add_initialized_flag(layer, name)}
+
+    def initial_scale(self, w: tf.Tensor) -> tf.Tensor:
+        qmax = grid.weight_qmax(self.bits)
+        flat = _channels_last(w, self.channel_dims) if self.per_axis else tf.reshape(w, [-1, 1])
+        absw = tf.abs(flat)
+        by_range = tf.reduce_max(absw, axis=0) / qmax
+        by_lsq = 2.0 * tf.reduce_mean(absw, axis=0) / math.sqrt(qmax)
+        scale = tf.maximum(tf.minimum(by_range, by_lsq), _MIN_SCALE)
+        return scale if self.per_axis else tf.reshape(scale, [])
+
+    def __call__(self, inputs, training, weights, **kwargs):
+        state = self.initialize_once(
+            weights, ["scale"], lambda: {"scale": self.initial_scale(inputs)}, training
+        )
+        scale = tf.maximum(state["scale"], _MIN_SCALE)
+        per_channel = self.per_axis and self.channel_dims > 1
+        x = _channels_last(inputs, self.channel_dims) if per_channel else inputs
+        if training:
+            n = x.shape.num_elements() / (scale.shape.num_elements() or 1)
+            grad = 1.0 / math.sqrt(n * grid.weight_qmax(self.bits))
+            out = grid.quantize_symmetric(x, grid.scale_gradient(scale, grad), self.bits)
+        else:
+            on_grid = grid.quantize_symmetric(x, scale, self.bits)
+            out = grid.weight_fake_quant(on_grid, scale, self.bits, self.per_axis)
+        return tf.reshape(out, tf.shape(inputs)) if per_channel else out
+
+
+@register
+class UniformActivationQuantizer(Quantizer):
+    """Asymmetric ``bits``-bit activation quantizer with a learned step size.
+
+    Forward: ``y = s * (clip(round(x / s) + z, 0, 2**bits - 1) - z)``.
+    Gradient: straight-through for ``x`` inside the range; LSQ gradient for ``s``,
+    scaled by ``1 / sqrt(N * (2**bits - 1))`` with N the elements per sample.
+
+    The zero point ``z`` is an integer fixed at initialisation (not learned): on the
+    first training batch, ``lo = min(x, 0)``, ``hi = max(x, 0)``,
+    ``s = (hi - lo) / (2**bits - 1)`` (tightened to LSQ's ``2 mean|x - lo| / sqrt(Q)``
+    below 8 bits), ``z = round(-lo / s)``. After ReLU ``z = 0``, so no level is wasted
+    on negative values. A fixed integer ``z`` keeps the deployed zero point exact while
+    ``s`` learns.
+    """
+
+    def __init__(self, bits: int = 8):
+        self.bits = grid.check_bits(bits, "activation bits", grid.ACTIVATION_BITS)
+
+    def get_config(self) -> dict:
+        return {"bits": self.bits}
+
+    def build(self, tensor_shape, name, layer):
+        return {
+            "scale": layer.add_weight(
+                name + "_scale", shape=(), initializer=keras.initializers.Ones(), trainable=True
+            ),
+            "zero_point": layer.add_weight(
+                name + "_zero_point",
+                shape=(),
+                initializer=keras.initializers.Zeros(),
+                trainable=False,
+            ),
+            "initialized": self.add_initialized_flag(layer, name),
+        }
+
+    def initial_state(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+        levels = grid.activation_qmax(self.bits)
+        lo = tf.minimum(tf.reduce_min(x), 0.0)
+        hi = tf.maximum(tf.reduce_max(x), 0.0)
+        scale = (hi - lo) / levels
+        if self.bits < 8:
+            scale = tf.minimum(scale, 2.0 * tf.reduce_mean(x - lo) / math.sqrt(levels))
+        scale = tf.maximum(scale, _MIN_SCALE)
+        zero_point = tf.clip_by_value(tf.round(-lo / scale), 0.0, levels)
+        return {"scale": scale, "zero_point": zero_point}
+
+    def __call__(self, inputs, training, weights, **kwargs):
+        state = self.initialize_once(
+            weights, ["scale", "zero_point"], lambda: self.initial_state(inputs), training
+        )
+        scale = tf.maximum(state["scale"], _MIN_SCALE)
+        zero_point = state["zero_point"]
+        if training:
+            per_sample = inputs.shape[1:].num_elements() or 1
+            grad = 1.0 / math.sqrt(per_sample * grid.activation_qmax(self.bits))
+            return grid.quantize_asymmetric(
+                inputs, grid.scale_gradient(scale, grad), zero_point, self.bits
+            )
+        return grid.activation_fake_quant(inputs, scale, zero_point, self.bits)
+
+
+@register_method
+class UniformMethod(QuantizationMethod):
+    """``method="uniform"``: learned-step-size uniform quantizers (no options)."""
+
+    name = "uniform"
+
+    def weight_quantizer(self, bits, per_axis, channel_dims):
+        return UniformWeightQuantizer(bits, per_axis=per_axis, channel_dims=channel_dims)
+
+    def activation_quantizer(self, bits):
+        return UniformActivationQuantizer(bits)
