@@ -7,8 +7,10 @@ per method, sharing :mod:`tfqnet.grid`) -> ``convert`` (TFLite, INT4 packing) ->
 Importing tfqnet first makes ``tf.keras`` tf-keras (Keras 2), which TFMOT needs.
 """
 
-from tfqnet import _keras  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-from tfqnet import quantizers  # noqa: F401  (registers the built-in methods)
+from tfqnet import (
+    _keras,  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+    quantizers,  # noqa: F401  (registers the built-in methods)
+)
 from tfqnet.callbacks import callbacks
 from tfqnet.convert import FlatbufferModel, convert
 from tfqnet.errors import (

@@ -1,0 +1,35 @@
+"""Shared fixtures: the digits split and a float CNN trained once per test session.
+
+Training is the slow part of the suite, so the float model is trained once and every
+test quantizes its own copy (``quantize_model`` never changes its input).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import tfqnet  # noqa: F401  (first: makes tf.keras tf-keras)
+from tfqnet._keras import keras
+from tfqnet.datasets import load_digits
+from tfqnet.models import digits_cnn
+
+FLOAT_EPOCHS = 8
+
+
+@pytest.fixture(scope="session")
+def digits():
+    return load_digits()
+
+
+@pytest.fixture(scope="session")
+def float_digits_model(digits):
+    """The baseline digits CNN, trained in float (seed 0). Do not modify it."""
+    keras.utils.set_random_seed(0)
+    model = digits_cnn()
+    model.compile(
+        keras.optimizers.Adam(1e-3),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    model.fit(digits.x_train, digits.y_train, epochs=FLOAT_EPOCHS, batch_size=32, verbose=0)
+    return model
