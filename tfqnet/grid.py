@@ -55,9 +55,15 @@ def activation_qmax(bits: int) -> int:
 # --- differentiable pieces used in training mode -------------------------------------
 
 
+def round_half_up(x: tf.Tensor) -> tf.Tensor:
+    """``floor(x + 0.5)``: the rounding of TF's FakeQuant ops, so training and export
+    agree on ties too (``tf.round`` rounds half to even)."""
+    return tf.floor(x + 0.5)
+
+
 def round_ste(x: tf.Tensor) -> tf.Tensor:
-    """Round to nearest; the gradient passes straight through (identity)."""
-    return x + tf.stop_gradient(tf.round(x) - x)
+    """Round half up; the gradient passes straight through (identity)."""
+    return x + tf.stop_gradient(round_half_up(x) - x)
 
 
 def scale_gradient(x: tf.Tensor, factor: float | tf.Tensor) -> tf.Tensor:

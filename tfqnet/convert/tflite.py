@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -94,7 +95,11 @@ def convert(
     absl_level = logging.getLogger("absl").level
     logging.getLogger("absl").setLevel(logging.ERROR)
     try:
-        flatbuffer = converter.convert()
+        with warnings.catch_warnings():
+            # The input's range comes from the QAT model's input quantizer, not from
+            # statistics; the converter warns about the latter needlessly.
+            warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
+            flatbuffer = converter.convert()
     except Exception as error:
         raise ConversionError(f"the TFLite converter failed: {error}") from error
     finally:
