@@ -20,6 +20,7 @@ from tfqnet.errors import (
     TfqnetError,
     UnsupportedLayerError,
 )
+from tfqnet.layers import PixelEmbedding
 from tfqnet.micro import MicroInterpreter, run_tflm
 from tfqnet.quantize import method_names, quantize_model, quantize_scope
 
@@ -31,6 +32,7 @@ __all__ = [
     "InvalidModelFileError",
     "Keras3ModelError",
     "MicroInterpreter",
+    "PixelEmbedding",
     "TfqnetError",
     "UnsupportedLayerError",
     "callbacks",

@@ -101,24 +101,31 @@ def quantize_asymmetric(
 
 
 def weight_fake_quant(
-    values: tf.Tensor, scale: tf.Tensor, bits: int, per_axis: bool
+    values: tf.Tensor, scale: tf.Tensor, bits: int, per_axis: bool, channel_dims: int = 1
 ) -> tf.Tensor:
-    """FakeQuant for weights already on the grid ``scale * code``, |code| <= qmax(bits).
+    """FakeQuant for a kernel already on the grid ``scale * code``, |code| <= qmax(bits).
 
-    ``scale`` is a scalar, or a vector over the last axis when ``per_axis``. The op's
-    range is the storage container's (+-7 or +-127 codes, narrow range), so every level
-    of a ``bits``-bit grid maps to its own integer code and converts exactly; weights
-    of <= 4 bits become packed INT4 tensors.
+    ``scale`` is a scalar, or a vector over the output channels when ``per_axis``
+    (the last ``channel_dims`` axes of the kernel: 2 for a depthwise kernel
+    [h, w, c, m]). The op's range is the storage container's (+-7 or +-127 codes,
+    narrow range), so every level of a ``bits``-bit grid maps to its own integer code
+    and converts exactly; kernels of <= 4 bits become packed INT4 tensors.
     """
     storage = weight_storage_bits(bits)
     limit = weight_qmax(storage) * scale
-    if per_axis:
-        return tf.quantization.fake_quant_with_min_max_vars_per_channel(
+    if not per_axis:
+        return tf.quantization.fake_quant_with_min_max_vars(
             values, -limit, limit, num_bits=storage, narrow_range=True
         )
-    return tf.quantization.fake_quant_with_min_max_vars(
-        values, -limit, limit, num_bits=storage, narrow_range=True
+    # Quantize a depthwise kernel [h, w, c, m] in TFLite's filter layout [1, h, w, c*m]:
+    # otherwise the converter cannot move the quantized axis through its reshape.
+    shape = values.shape
+    tflite_shape = [1, shape[0], shape[1], shape[2] * shape[3]] if channel_dims == 2 else None
+    view = tf.reshape(values, tflite_shape) if tflite_shape else values
+    out = tf.quantization.fake_quant_with_min_max_vars_per_channel(
+        view, -limit, limit, num_bits=storage, narrow_range=True
     )
+    return tf.reshape(out, shape) if tflite_shape else out
 
 
 def activation_fake_quant(

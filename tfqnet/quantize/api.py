@@ -12,7 +12,7 @@ from tfqnet._keras import keras, require_tf_keras_model
 from tfqnet.errors import UnsupportedLayerError
 from tfqnet.quantize.configs import LayerQuantizeConfig
 from tfqnet.quantize.methods import get_method
-from tfqnet.quantize.registry import QuantizeRegistry, unsupported_reason
+from tfqnet.quantize.registry import PASS_THROUGH_LAYERS, QuantizeRegistry, unsupported_reason
 from tfqnet.quantize.scheme import QuantizeScheme
 
 _tfmot_q = tfmot.quantization.keras
@@ -52,6 +52,37 @@ def _check_layers(model: keras.Model, skip: set[str]) -> None:
                 "quantize_model (tfqnet.convert then quantizes it to int8 post-training), "
                 "or replace it with a supported layer."
             )
+
+
+def _inbound_layers(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
+    if len(layer._inbound_nodes) != 1:
+        return []
+    found = layer._inbound_nodes[0].inbound_layers
+    return list(found) if isinstance(found, list | tuple) else [found]
+
+
+def _concat_producers(model: keras.Model) -> frozenset[str]:
+    """Layers whose output grid a Concatenate replaces.
+
+    TFLite's CONCATENATION keeps one scale for all inputs and output: the converter
+    gives the producing ops the concat's grid and ignores theirs. So in training the
+    producers (found through pass-through layers such as Reshape) must not round to a
+    grid of their own, or the QAT model would round twice where the board rounds once.
+    """
+    found = set()
+    for layer in model.layers:
+        if not isinstance(layer, L.Concatenate):
+            continue
+        stack = _inbound_layers(layer)
+        while stack:
+            producer = stack.pop()
+            if len(producer._outbound_nodes) != 1:
+                continue  # feeds other layers too: its grid is needed there
+            if type(producer) in PASS_THROUGH_LAYERS and not isinstance(producer, L.InputLayer):
+                stack.extend(_inbound_layers(producer))
+            else:
+                found.add(producer.name)
+    return frozenset(found)
 
 
 def _output_layer_names(model: keras.Model) -> frozenset[str]:
@@ -110,6 +141,7 @@ def quantize_model(
         activation_bits,
         overrides=overrides,
         output_layers=_output_layer_names(model),
+        no_output_grid=_concat_producers(model),
     )
     for name in overrides or {}:
         registry.bits_for(name)  # validate override bits before any work

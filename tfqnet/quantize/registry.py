@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import tensorflow_model_optimization as tfmot
@@ -21,6 +21,10 @@ WEIGHTED_LAYERS = {
     L.DepthwiseConv2D: ("depthwise_kernel", 2),
     L.Dense: ("kernel", 1),
 }
+#: kernels quantized per tensor: TFLM's FULLY_CONNECTED and the INT4 export need it for
+#: Dense; a per-channel Conv1D kernel fails in the converter (its quantized axis cannot
+#: follow the [k, in, out] -> [out, 1, k, in] reshape/transpose to CONV_2D).
+PER_TENSOR_LAYERS = (L.Dense, L.Conv1D)
 #: layers whose output gets its own grid
 OUTPUT_QUANTIZED_LAYERS = (
     L.Add,
@@ -47,6 +51,17 @@ PASS_THROUGH_LAYERS = (
 )
 #: activations a weighted layer may fuse: TFLite fuses them into the op's clamp
 FUSED_ACTIVATIONS = ("linear", "relu", "relu6")
+#: layer type -> fn(layer, registry) -> LayerQuantizeConfig, for layers defined outside
+#: this module (e.g. tfqnet.layers.PixelEmbedding); see register_layer_config
+CUSTOM_LAYER_CONFIGS: dict[type, Callable[..., LayerQuantizeConfig]] = {}
+
+
+def register_layer_config(
+    layer_type: type, config_fn: Callable[..., LayerQuantizeConfig]
+) -> None:
+    """Lets ``quantize_model`` accept ``layer_type``: ``config_fn(layer, registry)``
+    returns its QuantizeConfig (a hook, so layer modules need not edit this registry)."""
+    CUSTOM_LAYER_CONFIGS[layer_type] = config_fn
 
 _ACTIVATION_HINT = (
     "tfqnet quantizes linear/relu/relu6 layer activations (fused into the TFLite op); "
@@ -102,6 +117,8 @@ def unsupported_reason(layer: keras.layers.Layer) -> str | None:
         )
     if type(layer) in OUTPUT_QUANTIZED_LAYERS or type(layer) in PASS_THROUGH_LAYERS:
         return None
+    if type(layer) in CUSTOM_LAYER_CONFIGS:
+        return None
     return f"tfqnet has no quantization rule for {type(layer).__name__} layers"
 
 
@@ -117,8 +134,8 @@ class QuantizeRegistry(tfmot.quantization.keras.QuantizeRegistry):
     Bits come from ``weight_bits``/``activation_bits``, except that layers named in
     ``overrides`` use theirs and the model's output layers keep 8-bit outputs (the
     logits a user reads should not lose resolution to a low-bit activation grid).
-    Dense kernels are quantized per tensor (TFLM's FULLY_CONNECTED and the INT4 export
-    need it), convolution kernels per output channel.
+    Dense and Conv1D kernels are quantized per tensor (see ``PER_TENSOR_LAYERS``),
+    Conv2D and DepthwiseConv2D kernels per output channel.
     """
 
     def __init__(
@@ -128,11 +145,13 @@ class QuantizeRegistry(tfmot.quantization.keras.QuantizeRegistry):
         activation_bits: int,
         overrides: Mapping[str, Mapping[str, int]] | None = None,
         output_layers: frozenset[str] = frozenset(),
+        no_output_grid: frozenset[str] = frozenset(),
     ):
         self.method = method
         self.default_bits = LayerBits(weight_bits, activation_bits)
         self.overrides = {name: dict(o) for name, o in (overrides or {}).items()}
         self.output_layers = output_layers
+        self.no_output_grid = no_output_grid
 
     def bits_for(self, layer_name: str) -> LayerBits:
         override = self.overrides.get(layer_name, {})
@@ -160,18 +179,21 @@ class QuantizeRegistry(tfmot.quantization.keras.QuantizeRegistry):
             raise ValueError(f"layer {layer.name!r}: {reason}")
         bits = self.bits_for(layer.name)
         activation = self.method.activation_quantizer(bits.activation_bits)
+        own_grid = layer.name not in self.no_output_grid
         layer_type = type(layer)
+        if layer_type in CUSTOM_LAYER_CONFIGS:
+            return CUSTOM_LAYER_CONFIGS[layer_type](layer, self)
         if layer_type in WEIGHTED_LAYERS:
             attr, channel_dims = WEIGHTED_LAYERS[layer_type]
-            per_axis = layer_type is not L.Dense
+            per_axis = layer_type not in PER_TENSOR_LAYERS
             return LayerQuantizeConfig(
                 weight_attrs=[attr],
                 weight_quantizer=self.method.weight_quantizer(
                     bits.weight_bits, per_axis=per_axis, channel_dims=channel_dims
                 ),
                 activation_quantizer=activation,
-                quantize_activation=True,
+                quantize_activation=own_grid,
             )
         if layer_type in OUTPUT_QUANTIZED_LAYERS or _relu_kind(layer):
-            return LayerQuantizeConfig(activation_quantizer=activation, quantize_output=True)
+            return LayerQuantizeConfig(activation_quantizer=activation, quantize_output=own_grid)
         return pass_through_config()

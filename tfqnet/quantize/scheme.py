@@ -13,7 +13,7 @@ class QuantizeScheme(tfmot.quantization.keras.QuantizeScheme):
         self.registry = registry
 
     def get_layout_transformer(self):
-        return LayoutTransform(self.registry.method)
+        return LayoutTransform(self.registry)
 
     def get_quantize_registry(self):
         return self.registry

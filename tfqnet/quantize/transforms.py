@@ -8,8 +8,8 @@ quantizer learns is the grid that is deployed:
   folded kernel the converter stores; TFMOT's default keeps BN separate during
   training and lets the converter fold it after fake-quant, which moves weights
   off the trained grid;
-* a ReLU/ReLU6 layer after a convolution or Dense layer becomes that layer's fused
-  activation, and after an Add it disables the Add's own output grid (TFLite fuses it);
+* a ReLU/ReLU6 layer after a convolution, Dense or Add disables that layer's own
+  output grid, so the converter fuses the ReLU into the TFLite op;
 * the model input gets an 8-bit activation quantizer (the int8 input tensor).
 """
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 
 import numpy as np
+import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 from tensorflow_model_optimization.python.core.quantization.keras.graph_transformations import (
     model_transformer,
@@ -28,9 +29,8 @@ from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer
 )
 
 from tfqnet._keras import keras
-from tfqnet.quantize.configs import pass_through_config
 from tfqnet.quantize.methods import QuantizationMethod
-from tfqnet.quantize.registry import _relu_kind
+from tfqnet.quantize.registry import QuantizeRegistry, _relu_kind
 
 LayerNode = transforms.LayerNode
 LayerPattern = transforms.LayerPattern
@@ -87,47 +87,49 @@ class FoldBatchNorm(transforms.Transform):
         return LayerNode(layer, weights, metadata=conv_node.metadata)
 
 
-class FuseReLU(transforms.Transform):
-    """``Conv/Dense(linear) -> ReLU|ReLU6`` becomes ``Conv/Dense(activation=relu|relu6)``."""
+class ReLUOutputGrid(transforms.Transform):
+    """``Conv/Dense/Add -> ReLU|ReLU6``: only the ReLU's output gets a grid.
+
+    The producer keeps its weight quantizer but loses its own output grid, so no
+    FakeQuant sits between it and the ReLU and the converter fuses the ReLU into
+    the TFLite op, as it will run on the board.
+    """
+
+    def __init__(self, registry: QuantizeRegistry):
+        self.registry = registry
 
     def pattern(self):
-        return LayerPattern(
-            _RELU_LAYERS, inputs=[LayerPattern(_WEIGHTED, config={"activation": "linear"})]
-        )
+        return LayerPattern(_RELU_LAYERS, inputs=[LayerPattern(_WEIGHTED + "|Add")])
 
     def replacement(self, match_layer):
-        kind = _relu_kind(keras.layers.deserialize(match_layer.layer))
-        if kind is None:
-            return match_layer
-        conv_node = match_layer.input_layers[0]
-        layer = dict(conv_node.layer)
-        layer["config"] = dict(conv_node.layer["config"], activation=kind)
-        return LayerNode(layer, conv_node.weights, metadata=conv_node.metadata)
-
-
-class AddReLU(transforms.Transform):
-    """``Add -> ReLU``: only the ReLU's output gets a grid (TFLite fuses ReLU into ADD)."""
-
-    def pattern(self):
-        return LayerPattern(_RELU_LAYERS, inputs=[LayerPattern("Add")])
-
-    def replacement(self, match_layer):
+        producer = match_layer.input_layers[0]
         if _relu_kind(keras.layers.deserialize(match_layer.layer)) is None:
             return match_layer
-        match_layer.input_layers[0].metadata["quantize_config"] = pass_through_config()
+        if producer.layer["config"].get("activation", "linear") != "linear":
+            return match_layer
+        config = self.registry.get_quantize_config(keras.layers.deserialize(producer.layer))
+        config.quantize_activation = False
+        config.quantize_output = False
+        producer.metadata["quantize_config"] = config
         return match_layer
 
 
 class InputLayerQuantize(transforms.Transform):
     """Adds a TFMOT QuantizeLayer with an 8-bit tfqnet activation quantizer after inputs."""
 
-    def __init__(self, method: QuantizationMethod):
+    def __init__(self, method: QuantizationMethod, raw_inputs: frozenset[str] = frozenset()):
         self.method = method
+        self.raw_inputs = raw_inputs
 
     def pattern(self):
         return LayerPattern("InputLayer")
 
     def replacement(self, match_layer):
+        # Integer inputs and inputs read only by layers that index with the raw values
+        # (`takes_raw_input`, e.g. PixelEmbedding) must reach them unquantized.
+        config = match_layer.layer["config"]
+        if config["name"] in self.raw_inputs or not tf.as_dtype(config["dtype"]).is_floating:
+            return match_layer
         quant_layer = QuantizeLayer(
             self.method.activation_quantizer(8)
         )
@@ -139,18 +141,30 @@ class InputLayerQuantize(transforms.Transform):
         return {"QuantizeLayer": QuantizeLayer}
 
 
-class LayoutTransform(tfmot.quantization.keras.QuantizeLayoutTransform):
-    """tfqnet's layout transforms, in order (BN folding before ReLU fusion)."""
+def _raw_inputs(model: keras.Model) -> frozenset[str]:
+    """Names of input layers whose every consumer has ``takes_raw_input = True``."""
+    raw = set()
+    for layer in model.layers:
+        if not isinstance(layer, keras.layers.InputLayer) or not layer._outbound_nodes:
+            continue
+        consumers = [getattr(n.outbound_layer, "layer", n.outbound_layer)
+                     for n in layer._outbound_nodes]
+        if all(getattr(c, "takes_raw_input", False) for c in consumers):
+            raw.add(layer.name)
+    return frozenset(raw)
 
-    def __init__(self, method: QuantizationMethod):
-        self.method = method
+
+class LayoutTransform(tfmot.quantization.keras.QuantizeLayoutTransform):
+    """tfqnet's layout transforms, in order (BN folding before the ReLU rule)."""
+
+    def __init__(self, registry: QuantizeRegistry):
+        self.registry = registry
 
     def apply(self, model, layer_quantize_map):
         steps = [
-            InputLayerQuantize(self.method),
+            InputLayerQuantize(self.registry.method, _raw_inputs(model)),
             FoldBatchNorm(),
-            FuseReLU(),
-            AddReLU(),
+            ReLUOutputGrid(self.registry),
         ]
         return model_transformer.ModelTransformer(
             model, steps, set(layer_quantize_map.keys()), layer_quantize_map

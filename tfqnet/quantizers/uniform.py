@@ -1,5 +1,10 @@
 """Uniform quantizers with a learned step size (LSQ, Esser et al., ICLR 2020).
 
+Step sizes are learned as ``log(s)`` (as TQT, Jain et al. 2020, learns log
+thresholds): with Adam every update moves a parameter by about the learning rate, which
+for a raw step size of ~0.005 would flip its sign within a few steps; in the log
+domain the same update is a ~0.1% relative change.
+
 Every tfqnet method deploys onto the grid these quantizers learn directly, so they
 are also the reference implementation of the export contract in :mod:`tfqnet.grid`.
 """
@@ -49,10 +54,11 @@ class UniformWeightQuantizer(Quantizer):
 
     def build(self, tensor_shape, name, layer):
         shape = (math.prod(tensor_shape[-self.channel_dims :]),) if self.per_axis else ()
-        scale = layer.add_weight(
-            name + "_scale", shape=shape, initializer=keras.initializers.Ones(), trainable=True
+        log_scale = layer.add_weight(
+            name + "_log_scale", shape=shape, initializer=keras.initializers.Zeros(),
+            trainable=True,
         )
-        return {"scale": scale, "initialized": self.add_initialized_flag(layer, name)}
+        return {"log_scale": log_scale, "initialized": self.add_initialized_flag(layer, name)}
 
     def initial_scale(self, w: tf.Tensor) -> tf.Tensor:
         qmax = grid.weight_qmax(self.bits)
@@ -65,19 +71,24 @@ class UniformWeightQuantizer(Quantizer):
 
     def __call__(self, inputs, training, weights, **kwargs):
         state = self.initialize_once(
-            weights, ["scale"], lambda: {"scale": self.initial_scale(inputs)}, training
+            weights, ["log_scale"],
+            lambda: {"log_scale": tf.math.log(self.initial_scale(inputs))}, training,
         )
-        scale = tf.maximum(state["scale"], _MIN_SCALE)
+        log_scale = state["log_scale"]
+        # Per-channel scales broadcast over a [N, channels] view of the kernel.
         per_channel = self.per_axis and self.channel_dims > 1
         x = _channels_last(inputs, self.channel_dims) if per_channel else inputs
         if training:
-            n = x.shape.num_elements() / (scale.shape.num_elements() or 1)
+            n = x.shape.num_elements() / (log_scale.shape.num_elements() or 1)
             grad = 1.0 / math.sqrt(n * grid.weight_qmax(self.bits))
-            out = grid.quantize_symmetric(x, grid.scale_gradient(scale, grad), self.bits)
-        else:
-            on_grid = grid.quantize_symmetric(x, scale, self.bits)
-            out = grid.weight_fake_quant(on_grid, scale, self.bits, self.per_axis)
-        return tf.reshape(out, tf.shape(inputs)) if per_channel else out
+            scale = tf.exp(grid.scale_gradient(log_scale, grad))
+            out = grid.quantize_symmetric(x, scale, self.bits)
+            return tf.reshape(out, tf.shape(inputs)) if per_channel else out
+        scale = tf.exp(log_scale)
+        on_grid = tf.reshape(grid.quantize_symmetric(x, scale, self.bits), tf.shape(inputs))
+        return grid.weight_fake_quant(
+            on_grid, scale, self.bits, self.per_axis, self.channel_dims
+        )
 
 
 @register
@@ -104,8 +115,9 @@ class UniformActivationQuantizer(Quantizer):
 
     def build(self, tensor_shape, name, layer):
         return {
-            "scale": layer.add_weight(
-                name + "_scale", shape=(), initializer=keras.initializers.Ones(), trainable=True
+            "log_scale": layer.add_weight(
+                name + "_log_scale", shape=(), initializer=keras.initializers.Zeros(),
+                trainable=True,
             ),
             "zero_point": layer.add_weight(
                 name + "_zero_point",
@@ -125,21 +137,21 @@ class UniformActivationQuantizer(Quantizer):
             scale = tf.minimum(scale, 2.0 * tf.reduce_mean(x - lo) / math.sqrt(levels))
         scale = tf.maximum(scale, _MIN_SCALE)
         zero_point = tf.clip_by_value(tf.round(-lo / scale), 0.0, levels)
-        return {"scale": scale, "zero_point": zero_point}
+        return {"log_scale": tf.math.log(scale), "zero_point": zero_point}
 
     def __call__(self, inputs, training, weights, **kwargs):
         state = self.initialize_once(
-            weights, ["scale", "zero_point"], lambda: self.initial_state(inputs), training
+            weights, ["log_scale", "zero_point"], lambda: self.initial_state(inputs), training
         )
-        scale = tf.maximum(state["scale"], _MIN_SCALE)
         zero_point = state["zero_point"]
         if training:
             per_sample = inputs.shape[1:].num_elements() or 1
             grad = 1.0 / math.sqrt(per_sample * grid.activation_qmax(self.bits))
-            return grid.quantize_asymmetric(
-                inputs, grid.scale_gradient(scale, grad), zero_point, self.bits
-            )
-        return grid.activation_fake_quant(inputs, scale, zero_point, self.bits)
+            scale = tf.exp(grid.scale_gradient(state["log_scale"], grad))
+            return grid.quantize_asymmetric(inputs, scale, zero_point, self.bits)
+        return grid.activation_fake_quant(
+            inputs, tf.exp(state["log_scale"]), zero_point, self.bits
+        )
 
 
 @register_method
