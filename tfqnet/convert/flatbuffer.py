@@ -55,6 +55,8 @@ class FlatbufferModel:
     inputs: tuple[int, ...] = ()
     outputs: tuple[int, ...] = ()
     metadata_names: tuple[str, ...] = ()
+    buffers: list[bytes | None] = field(default_factory=list, repr=False)
+    tensor_buffers: list[int] = field(default_factory=list, repr=False)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> FlatbufferModel:
@@ -109,6 +111,11 @@ class FlatbufferModel:
                                                        else [])),
                     )
                 )
+            buffer_data = [
+                None if b.data is None else np.asarray(b.data, np.uint8).tobytes()
+                for b in buffers
+            ]
+            tensor_buffers = [int(t.buffer) for t in graph.tensors or []]
             metadata = tuple(
                 (m.name or b"").decode("utf-8", "replace") for m in (model.metadata or [])
             )
@@ -123,6 +130,8 @@ class FlatbufferModel:
             inputs=tuple(int(x) for x in graph.inputs),
             outputs=tuple(int(x) for x in graph.outputs),
             metadata_names=metadata,
+            buffers=buffer_data,
+            tensor_buffers=tensor_buffers,
         )
 
     @cached_property
@@ -139,6 +148,24 @@ class FlatbufferModel:
             and len(op.inputs) > 1 and op.inputs[1] >= 0
         }
         return [t for t in self.tensors if t.index in indices and t.is_constant]
+
+    def constant_values(self, tensor: Tensor) -> np.ndarray:
+        """The stored integer codes of a constant tensor, unpacked (INT4: low nibble
+        first, sign-extended), in the tensor's shape."""
+        data = self.buffers[self.tensor_buffers[tensor.index]]
+        if data is None:
+            raise ValueError(f"tensor {tensor.name!r} has no constant data")
+        count = element_count(tensor.shape)
+        if tensor.type == "INT4":
+            raw = np.frombuffer(data, np.uint8)
+            nibbles = np.stack([raw & 0x0F, raw >> 4], axis=-1).reshape(-1)[:count]
+            values = nibbles.astype(np.int8)
+            values[values > 7] -= 16
+        else:
+            dtype = {"INT8": np.int8, "UINT8": np.uint8, "INT16": np.int16,
+                     "INT32": np.int32, "INT64": np.int64, "FLOAT32": np.float32}[tensor.type]
+            values = np.frombuffer(data, dtype)[:count]
+        return values.reshape(tensor.shape)
 
     def weight_bytes(self) -> int:
         return sum(t.buffer_bytes for t in self.weight_tensors())

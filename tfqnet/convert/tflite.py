@@ -63,6 +63,7 @@ def convert(
     representative_data: np.ndarray | Sequence[np.ndarray],
     input_type: str = "int8",
     output_type: str = "int8",
+    compress: bool | int = False,
 ) -> bytes:
     """Converts a trained tfqnet QAT model to a full-integer TFLite flatbuffer.
 
@@ -71,6 +72,11 @@ def convert(
     ``representative_data`` (float inputs as the Keras model takes them, at most
     200 samples used) lets the converter quantize any layer that was skipped during
     QAT. ``input_type``/``output_type``: "int8" (default), "uint8" or "float32".
+
+    ``compress``: True (or an index width 1..7) stores filters with few distinct values
+    as bit-packed lookup-table indices (2 bits for ternary weights) via
+    :func:`tfqnet.convert.compression.compress`. **Such a model runs on TFLM only**
+    (TFLM_DECODE op); TFLite's interpreter cannot run it.
 
     Raises :class:`~tfqnet.errors.ConversionError` if a float operator or float weight
     remains (other than float model I/O when requested).
@@ -120,4 +126,8 @@ def convert(
             f"the converted model still computes in float: tensor {floats[0].name!r} "
             f"({floats[0].type}) and {len(floats) - 1} more, used by {users}."
         )
+    if compress:
+        from tfqnet.convert.compression import compress as compress_weights
+
+        return compress_weights(flatbuffer, bits=None if compress is True else int(compress))
     return bytes(flatbuffer)

@@ -14,6 +14,7 @@ from tfqnet.quantize.configs import LayerQuantizeConfig
 from tfqnet.quantize.methods import get_method
 from tfqnet.quantize.registry import PASS_THROUGH_LAYERS, QuantizeRegistry, unsupported_reason
 from tfqnet.quantize.scheme import QuantizeScheme
+from tfqnet.quantize.transforms import InputQuantizeLayer
 
 _tfmot_q = tfmot.quantization.keras
 L = keras.layers
@@ -153,7 +154,38 @@ def quantize_model(
 
     annotated = keras.models.clone_model(model, clone_function=annotate)
     with quantize_scope():
-        return _tfmot_q.quantize_apply(annotated, QuantizeScheme(registry))
+        qat = _tfmot_q.quantize_apply(annotated, QuantizeScheme(registry))
+        return _rebuilt_from_config(qat)
+
+
+def _short_name(variable) -> str:
+    return variable.name.split("/")[-1]
+
+
+def _rebuilt_from_config(qat: keras.Model) -> keras.Model:
+    """The QAT model rebuilt from its config, with its weights copied by name.
+
+    h5 files restore weights by position, and the wrapper lists a quantizer's
+    trainable variables in a different position when it wraps an already built layer
+    (quantize_apply) than when it builds it (load_model). TFMOT's own quantizers have
+    no trainable variables so never hit this; tfqnet's step sizes do. Returning the
+    rebuilt model gives every QAT model the order a loaded one will have.
+    """
+    config = qat.get_config()
+    for layer in config["layers"]:
+        # Built on first call, inside the layer's name scope: variables keep names like
+        # "quant_conv1/kernel_log_scale:0", unique model-wide (optimizer slots in h5).
+        layer.pop("build_config", None)
+        if layer["class_name"] == "QuantizeLayer":
+            layer["class_name"] = keras.saving.get_registered_name(InputQuantizeLayer)
+            layer["registered_name"] = layer["class_name"]
+            layer.pop("module", None)
+    rebuilt = type(qat).from_config(config)
+    for old, new in zip(qat.layers, rebuilt.layers, strict=True):
+        values = {_short_name(v): v for v in old.weights}
+        for variable in new.weights:
+            variable.assign(values[_short_name(variable)])
+    return rebuilt
 
 
 def quantize_scope():

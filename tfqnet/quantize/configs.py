@@ -10,12 +10,28 @@ from tfqnet.quantizers.base import Quantizer, register
 _QuantizeConfig = tfmot.quantization.keras.QuantizeConfig
 
 
+# Quantizers are stored by their registered name ("tfqnet>ClassName") and resolved from
+# Keras' registry, the same way in the h5, SavedModel and in-memory clone paths
+# (Keras' own serializer writes a different format in each).
 def _serialize(quantizer: Quantizer | None):
-    return None if quantizer is None else keras.utils.serialize_keras_object(quantizer)
+    if quantizer is None:
+        return None
+    return {
+        "class_name": keras.saving.get_registered_name(type(quantizer)),
+        "config": quantizer.get_config(),
+    }
 
 
 def _deserialize(config):
-    return None if config is None else keras.utils.deserialize_keras_object(config)
+    if config is None:
+        return None
+    cls = keras.saving.get_registered_object(config["class_name"])
+    if cls is None:
+        raise ValueError(
+            f"unknown quantizer {config['class_name']!r}: import the module that defines it "
+            "(tfqnet's own are registered by `import tfqnet`)."
+        )
+    return cls.from_config(config["config"])
 
 
 @register

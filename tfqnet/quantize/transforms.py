@@ -31,6 +31,7 @@ from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer
 from tfqnet._keras import keras
 from tfqnet.quantize.methods import QuantizationMethod
 from tfqnet.quantize.registry import QuantizeRegistry, _relu_kind
+from tfqnet.quantizers.base import register
 
 LayerNode = transforms.LayerNode
 LayerPattern = transforms.LayerPattern
@@ -112,6 +113,24 @@ class ReLUOutputGrid(transforms.Transform):
         config.quantize_output = False
         producer.metadata["quantize_config"] = config
         return match_layer
+
+
+@register
+class InputQuantizeLayer(QuantizeLayer):
+    """TFMOT's QuantizeLayer, built once.
+
+    TFMOT's layer creates its quantizer's variables again when a model is rebuilt from
+    its config (build_from_config, then build on the first call), which leaves
+    duplicate variables that break h5 saving. quantize_model swaps it in for TFMOT's
+    (quantize_apply always recreates plain QuantizeLayers).
+    """
+
+    def build(self, input_shape):
+        if getattr(self, "_quantizer_built", False):
+            return
+        super().build(input_shape)
+        self._quantizer_built = True
+        self.built = True
 
 
 class InputLayerQuantize(transforms.Transform):

@@ -1,0 +1,218 @@
+"""Weights as bit-packed lookup-table indices: TFLM compression (``TFLM_DECODE``).
+
+A weight tensor with few distinct values (a ternary kernel has 3 per channel) can
+be stored as ``b``-bit indices into a small value table per channel (or per tensor)
+instead of 4-bit or 8-bit codes. tflite-micro's compression tool
+(:mod:`tflite_micro.compression`) rewrites such tensors and inserts a ``TFLM_DECODE``
+custom operator before each consumer; at run time it expands the indices back into
+the int8 codes, so the consumer computes exactly what it computed before.
+
+**The result runs on TensorFlow Lite Micro only** (with ``TFLM_DECODE`` in the op
+resolver). TFLite's interpreter cannot run it, and the arena must hold the decoded
+int8 weights of the largest layer.
+
+TFLM compression does not read INT4 tensors, so packed INT4 filters are first
+unpacked to INT8 (same codes, same scales) in the flatbuffer; their indices then
+take ``b`` bits (2 for ternary weights) plus the value tables.
+
+Sizes (ternary): 2 bits per weight plus, per tensor, a 16-byte decode header and a
+value table of 3 int8 entries per channel, against 4 bits (INT4) or 8 bits (int8).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+from tflite_micro.tensorflow.lite.micro.compression import (
+    compress as tflm_compress,
+)
+from tflite_micro.tensorflow.lite.micro.compression import model_editor, spec
+from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
+
+from tfqnet.convert.flatbuffer import FlatbufferModel
+
+DECODE_OP = "TFLM_DECODE"
+MAX_INDEX_BITS = 7
+_DECODE_HEADER_BYTES = 16
+_WEIGHTED_OPS = {
+    schema.BuiltinOperator.CONV_2D,
+    schema.BuiltinOperator.DEPTHWISE_CONV_2D,
+    schema.BuiltinOperator.FULLY_CONNECTED,
+    schema.BuiltinOperator.TRANSPOSE_CONV,
+}
+_CONTAINER_BITS = {schema.TensorType.INT4: 4, schema.TensorType.INT8: 8}
+TFLM_ONLY_WARNING = (
+    "the compressed model stores weights as TFLM_DECODE lookup-table indices: it runs on "
+    "TensorFlow Lite Micro only (register the TFLM_DECODE op); TFLite cannot run it."
+)
+
+
+def unpack_int4(data: bytes, count: int) -> np.ndarray:
+    """Packed INT4 bytes (two a byte, low nibble first) -> ``count`` int8 codes."""
+    raw = np.frombuffer(bytes(data), dtype=np.uint8)
+    nibbles = np.empty(raw.size * 2, dtype=np.int16)
+    nibbles[0::2] = raw & 0x0F
+    nibbles[1::2] = raw >> 4
+    nibbles = np.where(nibbles >= 8, nibbles - 16, nibbles)
+    if nibbles.size < count:
+        raise ValueError(f"INT4 buffer holds {nibbles.size} values, tensor needs {count}")
+    return nibbles[:count].astype(np.int8)
+
+
+def _codes(tensor: model_editor.Tensor) -> np.ndarray:
+    """A filter's integer codes as int8 of its shape (INT4 unpacked)."""
+    count = math.prod(tensor.shape)
+    if tensor.dtype == schema.TensorType.INT4:
+        return unpack_int4(tensor.buffer.data, count).reshape(tensor.shape)
+    return np.frombuffer(tensor.buffer.data, dtype=np.int8)[:count].reshape(tensor.shape)
+
+
+def _lut_axis(tensor: model_editor.Tensor) -> int | None:
+    """The quantized (channel) axis of a per-channel tensor, None for per-tensor."""
+    q = tensor.quantization
+    if q is None or isinstance(q.scales, int | float) or len(q.scales) <= 1:
+        return None
+    return int(q.axis or 0)
+
+
+def index_bits(codes: np.ndarray, axis: int | None) -> int:
+    """Bits an index needs for the most distinct values of one table (at least 1)."""
+    tables = [codes] if axis is None else list(np.moveaxis(codes, axis, 0))
+    most = max(np.unique(t).size for t in tables)
+    return max(1, (most - 1).bit_length())
+
+
+def _compressed_size(codes: np.ndarray, width: int, axis: int | None) -> int:
+    """Bytes of the packed indices, the 16-byte decode header and the value tables."""
+    tables = [codes] if axis is None else list(np.moveaxis(codes, axis, 0))
+    stride = max(np.unique(t).size for t in tables)
+    return (codes.size * width + 7) // 8 + _DECODE_HEADER_BYTES + len(tables) * stride
+
+
+def compress(flatbuffer: bytes, bits: int | None = None) -> bytes:
+    """Stores filters with few distinct values as bit-packed indices (TFLM only).
+
+    Every constant filter (input 1 of CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED,
+    TRANSPOSE_CONV) stored as INT4 or INT8 is considered. With ``bits=None`` a filter
+    is compressed when its values fit an index narrower than its container (INT4: at
+    most 8 distinct values per table, INT8: at most 128), at the narrowest width that
+    fits. With ``bits`` (1..7) the filters whose values fit ``bits``-bit indices are
+    compressed at that width. A filter whose indices, decode header and tables would
+    not be smaller than its current buffer stays as it is. Tables are per channel for
+    per-channel quantized filters, else per tensor. INT4 filters are unpacked to INT8
+    first (TFLM compression does not read INT4). Raises ValueError if no filter
+    qualifies.
+
+    **The returned model runs on TensorFlow Lite Micro only** (op ``TFLM_DECODE``);
+    a warning says so.
+    """
+    if bits is not None and not (
+        isinstance(bits, int) and not isinstance(bits, bool) and 1 <= bits <= MAX_INDEX_BITS
+    ):
+        raise ValueError(
+            f"bits must be None or an integer from 1 to {MAX_INDEX_BITS}, got {bits!r}"
+        )
+    FlatbufferModel.from_bytes(flatbuffer)  # clear error for a non-TFLite input
+    model = model_editor.read(bytes(flatbuffer))
+
+    chosen: dict[int, tuple[int, int, model_editor.Tensor, np.ndarray, int, int | None]] = {}
+    for sg_index, subgraph in enumerate(model.subgraphs):
+        for op in subgraph.operators:
+            if op.opcode not in _WEIGHTED_OPS or len(op.inputs) < 2:
+                continue
+            tensor = op.inputs[1]
+            if tensor is None or tensor.buffer is None or not tensor.buffer.data:
+                continue
+            if tensor.dtype not in _CONTAINER_BITS or id(tensor) in chosen:
+                continue
+            codes = _codes(tensor)
+            axis = _lut_axis(tensor)
+            needed = index_bits(codes, axis)
+            if bits is None:
+                if needed >= _CONTAINER_BITS[tensor.dtype]:
+                    continue
+                width = needed
+            elif needed <= bits:
+                width = bits
+            else:
+                continue
+            if _compressed_size(codes, width, axis) >= len(tensor.buffer.data):
+                continue  # too small a tensor: header and tables outweigh the savings
+            chosen[id(tensor)] = (sg_index, tensor.index, tensor, codes, width, axis)
+
+    # A buffer shared with a tensor left as it is must keep its bytes.
+    users: dict[int, list[int]] = {}
+    for tensor in model_editor.iter_tensors(model):
+        if tensor.buffer is not None:
+            users.setdefault(id(tensor.buffer), []).append(id(tensor))
+    chosen = {
+        key: entry
+        for key, entry in chosen.items()
+        if all(user in chosen for user in users[id(entry[2].buffer)])
+    }
+    if not chosen:
+        limit = f"{bits}-bit" if bits is not None else "narrower-than-container"
+        raise ValueError(
+            f"no INT4/INT8 filter has few enough distinct values for {limit} indices "
+            "(and enough weights for the tables to pay off)"
+        )
+
+    specs = []
+    for sg_index, tensor_index, tensor, codes, width, axis in chosen.values():
+        if tensor.dtype == schema.TensorType.INT4:
+            tensor.dtype = schema.TensorType.INT8
+            tensor.buffer.data = codes.astype(np.int8).tobytes()
+        mode = spec.PerTensor() if axis is None else spec.PerChannel(axis=axis)
+        specs.append(
+            spec.Tensor(
+                subgraph=sg_index,
+                tensor=tensor_index,
+                compression=[spec.LookUpTableCompression(index_bitwidth=width, mode=mode)],
+            )
+        )
+    compressed = bytes(tflm_compress(bytes(model.build()), specs))
+    warnings.warn(TFLM_ONLY_WARNING, stacklevel=2)
+    return compressed
+
+
+def compress_ternary(flatbuffer: bytes) -> bytes:
+    """``compress(flatbuffer, bits=2)``: ternary filters as 2-bit indices (TFLM only)."""
+    return compress(flatbuffer, bits=2)
+
+
+def stored_weight_bytes(flatbuffer: bytes) -> int:
+    """Bytes the model stores for its filters, compressed or not.
+
+    A plain filter counts its buffer. A filter produced by ``TFLM_DECODE`` counts the
+    encoded indices and the ancillary data (decode header and value tables) the
+    decode reads for it; a buffer or ancillary tensor shared by several filters
+    counts once.
+    """
+    model = FlatbufferModel.from_bytes(flatbuffer)
+    produced_by = {out: (op, k) for op in model.operators for k, out in enumerate(op.outputs)}
+    buffer_of = _buffer_indices(flatbuffer)
+    counted: set[int] = set()
+    total = 0
+    for op in model.operators:
+        if op.name not in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV"):
+            continue
+        if len(op.inputs) < 2 or op.inputs[1] < 0:
+            continue
+        sources = [op.inputs[1]]
+        producer = produced_by.get(op.inputs[1])
+        if producer is not None and producer[0].name == DECODE_OP:
+            decode, k = producer
+            sources = [decode.inputs[2 * k], decode.inputs[2 * k + 1]]
+        for index in sources:
+            buffer = buffer_of[index]
+            if buffer and buffer not in counted:
+                counted.add(buffer)
+                total += model.tensors[index].buffer_bytes
+    return total
+
+
+def _buffer_indices(flatbuffer: bytes) -> list[int]:
+    graph = schema.Model.GetRootAs(bytes(flatbuffer), 0).Subgraphs(0)
+    return [graph.Tensors(i).Buffer() for i in range(graph.TensorsLength())]
