@@ -1,6 +1,8 @@
 """tfqnet quantizers: one module per method, all sharing the grid in :mod:`tfqnet.grid`."""
 
 from tfqnet.quantizers.base import Quantizer
+from tfqnet.quantizers.crq import CRQMethod  # noqa: F401  (registers method "crq")
+from tfqnet.quantizers.qn import QNMethod  # noqa: F401  (registers method "qn")
 from tfqnet.quantizers.uniform import UniformActivationQuantizer, UniformWeightQuantizer
 
 __all__ = ["Quantizer", "UniformActivationQuantizer", "UniformWeightQuantizer"]

@@ -1,0 +1,614 @@
+"""Quantization Networks (QN; Yang et al., CVPR 2019): a sigmoid-sum quantizer
+trained by temperature annealing.
+
+Forward (training), with the ordered integer level set ``Y``, ``n = |Y| - 1`` steps
+``s_i = Y[i+1] - Y[i]``, thresholds ``b_i`` and temperature ``T``::
+
+    y = alpha * (Y[0] + sum_i s_i * sigmoid(T * (beta * x - b_i)))
+
+which is the paper's ``alpha * (sum_i s_i sigmoid(...) - o)`` with ``o = -Y[0]``
+(``o = sum_i s_i / 2`` for a symmetric weight set, ``o = 0`` for ReLU activations).
+Inference (``T -> inf``): the sigmoid becomes the unit step ``A(z) = [z >= 0]``, so
+``y = alpha * level`` with an integer ``level`` from ``Y``; that is emitted through
+:mod:`tfqnet.grid` with scale ``alpha``, so the converted weights are exactly
+``alpha * level`` (packed INT4 when ``max|Y| <= 7``).
+
+Gradients: ``dy/dx = T * beta * alpha * sum_i s_i * sig_i * (1 - sig_i)``; ``alpha``
+and ``beta`` get theirs by autodiff of the formula; ``Y``, ``s_i`` and ``o`` none;
+the thresholds only when learnable. ``alpha`` and ``beta`` are stored as logarithms
+(``alpha = exp(log_alpha)``): they stay positive, and Adam's fixed-size steps change
+them by a relative amount. An 8-bit activation step is ~1/255 of the range, and a
+plain ``alpha`` variable moved by lr 5e-4 per step diverged on digits within a few
+epochs (measured: accuracy fell to 10% as T grew). The paper's reference code clips the weight
+gradient (global norm 5): pass ``clipnorm=5`` to the Keras optimizer for the same.
+
+Usage::
+
+    q = tfqnet.quantize_model(model, method="qn", weight_bits=2, activation_bits=8)
+    q.fit(x, y, epochs=E, callbacks=tfqnet.callbacks(q, E))   # T = (epoch + 1) * k
+
+Method options (``quantize_model(..., **options)``):
+
+* ``levels``: the weight level set: ``"binary"`` {-1, 1}, ``"ternary"`` {-1, 0, 1},
+  ``"3bit"`` {-2..2}, ``"3bit_pow2"`` {-4, -2, -1, 0, 1, 2, 4}, ``"<k>bit_uniform"``
+  {-(2**(k-1)-1) .. 2**(k-1)-1}, or an explicit list of integers. Default ``None``:
+  the ``weight_bits``-bit uniform set (so ``weight_bits=2`` means ternary).
+  How it meets ``weight_bits``: the set replaces the uniform set in every layer whose
+  weight bits are below 8; ``weight_bits`` must be able to hold it (``3bit_pow2``
+  needs 4 bits: ``max|Y| <= 2**(bits-1) - 1``), else ``quantize_model`` raises.
+  Layers at 8 bits (e.g. first/last layer kept at 8 bits through ``overrides``, see
+  :func:`first_last_overrides`) get the 8-bit uniform set.
+* ``learn_thresholds`` (False): learn the weight thresholds (the paper froze them).
+* ``learn_activation_thresholds`` (False): learn activation thresholds. TFLite
+  requantizes by rounding to the nearest level, so learned thresholds cannot be
+  deployed exactly: inference mode (and the converted model) then use the midpoints,
+  and a warning says the deployment is approximate.
+* ``ternary_threshold`` (0.05): ternary thresholds at +-this fraction of max|beta w|
+  (the paper's rule; see ``benchmarks/bench_qn.py`` for what a wider zero band does).
+* ``temperature_step`` k (10.0): ``T = (epoch + 1) * k``; the paper used 5 (ResNet)
+  and 10 (AlexNet) over tens of epochs.
+* ``max_temperature`` (2000.0): the cap on ``T``.
+
+Activations use the ``activation_bits``-bit uniform set ``{-z .. 2**bits - 1 - z}``
+with an integer zero point ``z`` fixed on the first batch (``z = 0`` after ReLU, the
+paper's ``o = 0``; a zero point lets linear outputs such as logits be negative).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from tfqnet import grid
+from tfqnet._keras import keras
+from tfqnet.quantize.methods import QuantizationMethod, register_method
+from tfqnet.quantizers.base import Quantizer, register
+from tfqnet.quantizers.uniform import _channels_last
+
+_MIN = 1e-8
+#: level sets of the paper, by name (integers: every level is an integer multiple of alpha)
+LEVEL_SETS: dict[str, tuple[int, ...]] = {
+    "binary": (-1, 1),
+    "ternary": (-1, 0, 1),
+    "3bit": (-2, -1, 0, 1, 2),
+    "3bit_pow2": (-4, -2, -1, 0, 1, 2, 4),
+}
+#: ternary rule of the paper: thresholds at +-0.05 of the scaled range max|beta * w|
+TERNARY_THRESHOLD = 0.05
+#: thresholds each side of the input kept in the windowed sum of large uniform sets
+WINDOW = 8
+#: level sets with more steps than this and uniform midpoint thresholds use the window
+EXACT_MAX_STEPS = 2 * WINDOW + 1
+KMEANS_ITERATIONS = 20
+
+
+# --- level sets ------------------------------------------------------------------------
+
+
+def uniform_levels(bits: int) -> tuple[int, ...]:
+    """The symmetric narrow-range ``bits``-bit set ``{-qmax .. qmax}``."""
+    qmax = grid.weight_qmax(grid.check_bits(bits, "bits"))
+    return tuple(range(-qmax, qmax + 1))
+
+
+def parse_levels(levels: str | int | Sequence[int]) -> tuple[int, ...]:
+    """A level set given by name, bit-width (``"4bit_uniform"`` or 4) or integer list."""
+    if isinstance(levels, str):
+        if levels in LEVEL_SETS:
+            return LEVEL_SETS[levels]
+        if levels.endswith("bit_uniform") and levels[: -len("bit_uniform")].isdigit():
+            return uniform_levels(int(levels[: -len("bit_uniform")]))
+        raise ValueError(
+            f"unknown level set {levels!r}; use one of {sorted(LEVEL_SETS)}, "
+            "'<k>bit_uniform' or a list of integers."
+        )
+    if isinstance(levels, int) and not isinstance(levels, bool):
+        return uniform_levels(levels)
+    values = list(levels)
+    if not all(isinstance(v, int | np.integer) and not isinstance(v, bool) for v in values):
+        raise ValueError(f"explicit levels must be integers, got {levels!r}.")
+    parsed = tuple(sorted({int(v) for v in values}))
+    if len(parsed) < 2:
+        raise ValueError(f"a level set needs at least two levels, got {levels!r}.")
+    if max(abs(v) for v in parsed) > grid.weight_qmax(8):
+        raise ValueError(f"levels must lie in [-127, 127] (int8 codes), got {levels!r}.")
+    return parsed
+
+
+def required_bits(levels: Sequence[int]) -> int:
+    """Fewest weight bits whose narrow-range codes hold every level."""
+    largest = max(abs(v) for v in levels)
+    return next(b for b in grid.WEIGHT_BITS if grid.weight_qmax(b) >= largest)
+
+
+def _is_uniform(levels: Sequence[int]) -> bool:
+    return all(b - a == 1 for a, b in zip(levels[:-1], levels[1:], strict=True))
+
+
+# --- the sigmoid sum -------------------------------------------------------------------
+
+
+def soft_staircase(
+    u: tf.Tensor, thresholds: tf.Tensor, steps: tf.Tensor, temperature: tf.Tensor
+) -> tf.Tensor:
+    """``sum_i steps_i * sigmoid(T * (u - thresholds_i))`` (exact; memory ``u x n``)."""
+    z = temperature * (u[..., None] - thresholds)
+    return tf.reduce_sum(steps * tf.sigmoid(z), axis=-1)
+
+
+def soft_uniform_staircase(
+    r: tf.Tensor, n: int, temperature: tf.Tensor, window: int = WINDOW
+) -> tf.Tensor:
+    """``sum_{i=0}^{n-1} sigmoid(T * (r - i))``: unit steps at the integers 0..n-1.
+
+    Large sets (8 bits: 255 steps) would cost n sigmoids per element. Only the
+    ``window`` thresholds each side of ``r`` are evaluated; the ones further below
+    count as 1 and further above as 0. The error is at most
+    ``2 * sigmoid(-window * T) / (1 - exp(-T))`` (< 1e-17 for T >= 5, window 8). The window's
+    position ``floor(r)`` is piecewise constant and gets no gradient, so the
+    gradient is the exact one of the evaluated terms.
+    """
+    if n <= 2 * window + 1:
+        return soft_staircase(r, tf.range(n, dtype=r.dtype), tf.ones([n], r.dtype), temperature)
+    m = tf.stop_gradient(tf.floor(r))
+    offsets = tf.range(-window, window + 1, dtype=r.dtype)
+    index = m[..., None] + offsets
+    valid = tf.logical_and(index >= 0.0, index <= n - 1.0)
+    frac = (r - m)[..., None]
+    terms = tf.where(valid, tf.sigmoid(temperature * (frac - offsets)), tf.zeros_like(index))
+    return tf.clip_by_value(m - window, 0.0, float(n)) + tf.reduce_sum(terms, axis=-1)
+
+
+def hard_staircase(u: tf.Tensor, thresholds: tf.Tensor, steps: Sequence[float]) -> tf.Tensor:
+    """``sum_i steps_i * A(u - thresholds_i)`` with the unit step ``A(z) = [z >= 0]``.
+
+    A sum over the (few) thresholds rather than one broadcast ``u x n`` comparison:
+    the TFLite converter segfaulted on the rank-raised form (digits CNN, TF 2.21).
+    """
+    total = tf.zeros_like(u)
+    for i, step in enumerate(np.asarray(steps, np.float32)):
+        total += step * tf.cast(u >= thresholds[i], u.dtype)
+    return total
+
+
+def kmeans_1d(u: tf.Tensor, initial_centres: tf.Tensor, iterations: int = KMEANS_ITERATIONS):
+    """Lloyd's k-means of the values ``u`` (any shape) from ``initial_centres``.
+
+    Returns the sorted centres; an empty cluster keeps its centre.
+    """
+    u = tf.reshape(u, [-1])
+    centres = tf.cast(initial_centres, u.dtype)
+    k = int(initial_centres.shape[0])
+    ones = tf.ones_like(u)
+    for _ in range(iterations):
+        nearest = tf.argmin(tf.abs(u[:, None] - centres[None, :]), axis=1, output_type=tf.int32)
+        sums = tf.math.unsorted_segment_sum(u, nearest, k)
+        counts = tf.math.unsorted_segment_sum(ones, nearest, k)
+        centres = tf.where(counts > 0, sums / tf.maximum(counts, 1.0), centres)
+    return tf.sort(centres)
+
+
+def kmeans_thresholds(u: tf.Tensor, levels: Sequence[int]) -> tf.Tensor:
+    """Thresholds at the midpoints between the k-means centres of ``u``.
+
+    ``u`` are beta-scaled weights; the ``|levels|`` centres start at the levels (the
+    scaled weights span about +-1.25 max|levels|, so the levels are a sensible start).
+    """
+    centres = kmeans_1d(u, tf.constant(levels, u.dtype))
+    return (centres[1:] + centres[:-1]) / 2.0
+
+
+# --- quantizers ------------------------------------------------------------------------
+
+
+def _init_once(
+    weights: Mapping[str, tf.Variable],
+    names: Sequence[str],
+    initial_values: Callable[[], Mapping[str, tf.Tensor]],
+    training: bool,
+) -> dict[str, tf.Tensor]:
+    """Like :meth:`Quantizer.initialize_once`, but computes the initial values (a k-means
+    of the whole kernel) only inside the branch that runs once, not on every step."""
+    if not training:
+        return {k: tf.identity(weights[k]) for k in names}
+    flag = weights["initialized"]
+
+    def assign() -> tf.Tensor:
+        fresh = {k: tf.stop_gradient(v) for k, v in initial_values().items()}
+        ops = [weights[k].assign(fresh[k]) for k in names] + [flag.assign(1.0)]
+        with tf.control_dependencies(ops):
+            return tf.constant(True)
+
+    done = tf.cond(flag > 0.5, lambda: tf.constant(True), assign)
+    with tf.control_dependencies([done]):
+        return {k: tf.identity(weights[k]) for k in names}
+
+
+class TemperatureSchedule(keras.callbacks.Callback):
+    """Sets ``T = min((epoch + 1) * step, cap)`` at the start of every epoch.
+
+    ``epoch`` is Keras's absolute epoch index, so ``fit(..., initial_epoch=e)`` resumes
+    the schedule where it stopped; the variables are model weights, so a saved and
+    reloaded model keeps its temperature.
+    """
+
+    def __init__(self, variables: Sequence[tf.Variable], step: float, cap: float):
+        super().__init__()
+        self.variables = list(variables)
+        self.step = float(step)
+        self.cap = float(cap)
+
+    def temperature(self, epoch: int) -> float:
+        return min((epoch + 1) * self.step, self.cap)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        for variable in self.variables:
+            variable.assign(self.temperature(epoch))
+
+
+def _check_schedule(step: float, cap: float) -> tuple[float, float]:
+    if not float(step) > 0 or not float(cap) >= float(step):
+        raise ValueError(f"need 0 < temperature_step <= max_temperature, got {step!r} and {cap!r}.")
+    return float(step), float(cap)
+
+
+class _QNQuantizer(Quantizer):
+    """Shared parts: the temperature variable and its schedule."""
+
+    #: suffix of this quantizer type's temperature variables (the callback finds them)
+    temperature_name: str = "qn_temperature"
+
+    def __init__(self, temperature_step: float = 10.0, max_temperature: float = 2000.0):
+        self.temperature_step, self.max_temperature = _check_schedule(
+            temperature_step, max_temperature
+        )
+
+    @property
+    def window(self) -> int:
+        """Window of the windowed sum: T >= temperature_step (epoch 0), so
+        ``window * T >= 30`` bounds its error by ``2 exp(-30)`` (for ``alpha beta``
+        near 1, the initialisation) while evaluating few sigmoids."""
+        return min(WINDOW, max(2, math.ceil(30.0 / self.temperature_step)))
+
+    def _temperature_weight(self, layer, name: str) -> tf.Variable:
+        # A model weight (not a Python float) so that save/load and resumed training
+        # keep the annealed temperature; epoch 0's value until the callback runs.
+        return layer.add_weight(
+            f"{name}_{self.temperature_name}",
+            shape=(),
+            initializer=keras.initializers.Constant(self.temperature_step),
+            trainable=False,
+        )
+
+    @classmethod
+    def callbacks(cls, model: keras.Model, epochs: int) -> list[keras.callbacks.Callback]:
+        from tfqnet.quantize.api import quantizers_of  # api imports the methods
+
+        schedules = {
+            (q.temperature_step, q.max_temperature) for q in quantizers_of(model) if type(q) is cls
+        }
+        if len(schedules) > 1:
+            raise ValueError(f"{cls.__name__}s of one model disagree on the schedule: {schedules}")
+        suffix = f"_{cls.temperature_name}:0"
+        variables = [v for v in model.variables if v.name.endswith(suffix)]
+        if not schedules or not variables:
+            return []
+        step, cap = schedules.pop()
+        return [TemperatureSchedule(variables, step, cap)]
+
+
+@register
+class QNWeightQuantizer(_QNQuantizer):
+    """QN weight quantizer: ``w_q = alpha * (Y[0] + sum_i s_i sigmoid(T (beta w - b_i)))``.
+
+    Inference: ``alpha * (Y[0] + sum_i s_i [beta w >= b_i])`` = ``alpha * level``,
+    emitted by :func:`tfqnet.grid.weight_fake_quant` with scale ``alpha`` and the
+    fewest bits that hold ``max|Y|`` (<= 4 bits: packed INT4).
+    Gradients: see the module docstring; ``b_i`` only with ``learn_thresholds``.
+
+    ``alpha`` and ``beta`` are per output channel when ``per_axis`` (else per tensor);
+    the thresholds are per tensor, in the beta-scaled space where every channel
+    spans the same range. Initialisation on the first training step:
+    ``beta = 5p / (4q)`` with ``p = max|Y|`` and ``q = max|w|`` (per channel),
+    ``alpha = 1 / beta``; thresholds: ternary ``+-0.05 * max|beta w|`` (= +-0.0625);
+    other sets: midpoints between the k-means centres of ``beta * w`` (centres
+    started at the levels); uniform sets of more than 17 steps (8 bits): the level
+    midpoints (k-means into 255 clusters of a few thousand weights is ill-posed).
+    """
+
+    temperature_name = "qn_weight_temperature"
+
+    def __init__(
+        self,
+        levels: Sequence[int] = LEVEL_SETS["ternary"],
+        per_axis: bool = True,
+        channel_dims: int = 1,
+        learn_thresholds: bool = False,
+        temperature_step: float = 10.0,
+        max_temperature: float = 2000.0,
+        ternary_threshold: float = TERNARY_THRESHOLD,
+    ):
+        super().__init__(temperature_step, max_temperature)
+        self.ternary_threshold = float(ternary_threshold)
+        self.levels = parse_levels(levels)
+        self.bits = required_bits(self.levels)
+        self.per_axis = bool(per_axis)
+        self.channel_dims = int(channel_dims)
+        self.learn_thresholds = bool(learn_thresholds)
+        self.steps = np.diff(self.levels).astype(np.float32)
+        # Uniform sets with frozen midpoint thresholds use the windowed sum.
+        self.windowed = (
+            _is_uniform(self.levels)
+            and len(self.steps) > EXACT_MAX_STEPS
+            and not self.learn_thresholds
+        )
+
+    def get_config(self) -> dict:
+        return {
+            "levels": list(self.levels),
+            "per_axis": self.per_axis,
+            "channel_dims": self.channel_dims,
+            "learn_thresholds": self.learn_thresholds,
+            "temperature_step": self.temperature_step,
+            "max_temperature": self.max_temperature,
+            "ternary_threshold": self.ternary_threshold,
+        }
+
+    def build(self, tensor_shape, name, layer):
+        shape = (math.prod(tensor_shape[-self.channel_dims :]),) if self.per_axis else ()
+        zeros = keras.initializers.Zeros()
+        return {
+            "log_alpha": layer.add_weight(name + "_qn_log_alpha", shape=shape, initializer=zeros),
+            "log_beta": layer.add_weight(name + "_qn_log_beta", shape=shape, initializer=zeros),
+            "thresholds": layer.add_weight(
+                name + "_qn_thresholds",
+                shape=(len(self.steps),),
+                initializer=keras.initializers.Constant(self.midpoints()),
+                trainable=self.learn_thresholds,
+            ),
+            "temperature": self._temperature_weight(layer, name),
+            "initialized": self.add_initialized_flag(layer, name),
+        }
+
+    def midpoints(self) -> np.ndarray:
+        return ((np.array(self.levels[1:]) + np.array(self.levels[:-1])) / 2).astype(np.float32)
+
+    def initial_state(self, w: tf.Tensor) -> dict[str, tf.Tensor]:
+        """``beta = 5p / (4 max|w|)``, ``alpha = 1 / beta``, thresholds (class docstring)."""
+        p = float(max(abs(v) for v in self.levels))
+        q = tf.maximum(tf.reduce_max(tf.abs(w), axis=0), _MIN)
+        beta = 5.0 * p / (4.0 * q)
+        u = w * beta
+        if self.levels == LEVEL_SETS["ternary"]:
+            edge = self.ternary_threshold * tf.reduce_max(tf.abs(u))
+            thresholds = tf.stack([-edge, edge])
+        elif self.windowed:
+            thresholds = tf.constant(self.midpoints())
+        else:
+            thresholds = kmeans_thresholds(u, self.levels)
+        if not self.per_axis:
+            beta = tf.reshape(beta, [])
+        return {
+            "log_alpha": -tf.math.log(beta),
+            "log_beta": tf.math.log(beta),
+            "thresholds": thresholds,
+        }
+
+    def __call__(self, inputs, training, weights, **kwargs):
+        reshape = self.per_axis and self.channel_dims > 1
+        w = _channels_last(inputs, self.channel_dims) if reshape else inputs
+        # [weights per step size, step sizes]: the statistics of the initialisation
+        flat = (
+            _channels_last(inputs, self.channel_dims)
+            if self.per_axis
+            else (tf.reshape(inputs, [-1, 1]))
+        )
+        state = _init_once(
+            weights,
+            ["log_alpha", "log_beta", "thresholds"],
+            lambda: self.initial_state(flat),
+            training,
+        )
+        alpha, beta = tf.exp(state["log_alpha"]), tf.exp(state["log_beta"])
+        u = beta * w
+        low = float(self.levels[0])
+        if training:
+            temperature = tf.stop_gradient(weights["temperature"])
+            if self.windowed:
+                # midpoint thresholds of a unit-step set sit at low + 0.5 + i
+                count = soft_uniform_staircase(
+                    u - low - 0.5, len(self.steps), temperature, self.window
+                )
+            else:
+                count = soft_staircase(u, state["thresholds"], self.steps, temperature)
+            out = alpha * (low + count)
+        else:
+            if self.windowed:
+                count = tf.clip_by_value(tf.floor(u - low + 0.5), 0.0, float(len(self.steps)))
+            else:
+                count = hard_staircase(u, state["thresholds"], self.steps)
+            out = grid.weight_fake_quant(alpha * (low + count), alpha, self.bits, self.per_axis)
+        return tf.reshape(out, tf.shape(inputs)) if reshape else out
+
+
+@register
+class QNActivationQuantizer(_QNQuantizer):
+    """QN activation quantizer on the uniform set ``{-z .. 2**bits - 1 - z}``.
+
+    Forward (training): ``y = alpha * (sum_i sigmoid(T (beta x - b_i)) - z)``, with the
+    thresholds tied to the deployed grid, ``b_i = (i + 1/2 - z) * alpha * beta``: the
+    midpoints of the output levels ``alpha * (i - z)``, mapped into beta-space. Then the
+    hard form ``T -> inf`` is ``alpha * (clip(floor(x/alpha + z + 1/2), 0, 2**bits-1) - z)``,
+    which is exactly TFLite's requantization onto an int8 tensor of scale ``alpha`` and
+    zero point ``z - 128``, so training's hard quantizer is what the board computes.
+    With ``alpha * beta = 1`` (the initialisation) these are the plain level midpoints;
+    ``beta`` is learned and sets the sharpness ``T * alpha * beta`` of the soft steps.
+    Gradients: autodiff of the formula w.r.t. ``x``, ``alpha``, ``beta``.
+
+    With ``learn_thresholds`` the ``b_i`` are free variables (started at the midpoints;
+    exact sum, n sigmoids per element). Inference and export then still round to the
+    nearest level (a TFLite tensor cannot hold other thresholds) and a warning says
+    the deployment is approximate.
+
+    Initialisation on the first batch: ``lo = min(x, 0)``, ``hi = max(x, 0)``,
+    ``alpha = 4 (hi - lo) / (5 (2**bits - 1))`` (the paper's ``beta = 5p/(4q)``,
+    ``alpha = 1/beta``) below 8 bits; at 8 bits the full range ``(hi - lo) / 255``
+    (clipping the top fifth of the logits would tie their argmax);
+    ``beta = 1 / alpha``; ``z = round(-lo / alpha)`` (0 after ReLU).
+    """
+
+    temperature_name = "qn_activation_temperature"
+
+    def __init__(
+        self,
+        bits: int = 8,
+        learn_thresholds: bool = False,
+        temperature_step: float = 10.0,
+        max_temperature: float = 2000.0,
+    ):
+        super().__init__(temperature_step, max_temperature)
+        self.bits = grid.check_bits(bits, "activation bits", grid.ACTIVATION_BITS)
+        self.learn_thresholds = bool(learn_thresholds)
+        self.n = grid.activation_qmax(self.bits)
+        self._warned = False
+
+    def get_config(self) -> dict:
+        return {
+            "bits": self.bits,
+            "learn_thresholds": self.learn_thresholds,
+            "temperature_step": self.temperature_step,
+            "max_temperature": self.max_temperature,
+        }
+
+    def build(self, tensor_shape, name, layer):
+        zeros = keras.initializers.Zeros()
+        found = {
+            "log_alpha": layer.add_weight(name + "_qn_log_alpha", shape=(), initializer=zeros),
+            "log_beta": layer.add_weight(name + "_qn_log_beta", shape=(), initializer=zeros),
+            "zero_point": layer.add_weight(
+                name + "_qn_zero_point", shape=(), initializer=zeros, trainable=False
+            ),
+            "temperature": self._temperature_weight(layer, name),
+            "initialized": self.add_initialized_flag(layer, name),
+        }
+        if self.learn_thresholds:
+            found["thresholds"] = layer.add_weight(
+                name + "_qn_thresholds",
+                shape=(self.n,),
+                initializer=keras.initializers.Constant(np.arange(self.n) + 0.5),
+            )
+        return found
+
+    def state_names(self) -> list[str]:
+        names = ["log_alpha", "log_beta", "zero_point"]
+        return names + ["thresholds"] if self.learn_thresholds else names
+
+    def initial_state(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+        lo = tf.minimum(tf.reduce_min(x), 0.0)
+        hi = tf.maximum(tf.reduce_max(x), 0.0)
+        shrink = 1.0 if self.bits == 8 else 0.8
+        alpha = tf.maximum(shrink * (hi - lo) / self.n, _MIN)
+        zero_point = tf.clip_by_value(tf.round(-lo / alpha), 0.0, float(self.n))
+        log_alpha = tf.math.log(alpha)
+        state = {"log_alpha": log_alpha, "log_beta": -log_alpha, "zero_point": zero_point}
+        if self.learn_thresholds:
+            state["thresholds"] = tf.range(self.n, dtype=x.dtype) + 0.5 - zero_point
+        return state
+
+    def __call__(self, inputs, training, weights, **kwargs):
+        state = _init_once(
+            weights, self.state_names(), lambda: self.initial_state(inputs), training
+        )
+        alpha, beta = tf.exp(state["log_alpha"]), tf.exp(state["log_beta"])
+        zero_point = tf.stop_gradient(state["zero_point"])
+        if not training:
+            if self.learn_thresholds and not self._warned:
+                self._warned = True
+                warnings.warn(
+                    "QN activations with learned thresholds: inference and the TFLite "
+                    "deployment round to the nearest level instead (approximate).",
+                    stacklevel=2,
+                )
+            return grid.activation_fake_quant(inputs, alpha, zero_point, self.bits)
+        temperature = tf.stop_gradient(weights["temperature"])
+        if self.learn_thresholds:
+            count = soft_staircase(
+                beta * inputs, state["thresholds"], tf.ones([self.n]), temperature
+            )
+        else:
+            # beta x - (i + 1/2 - z) alpha beta = alpha beta (x/alpha + z - 1/2 - i)
+            r = inputs / alpha + zero_point - 0.5
+            count = soft_uniform_staircase(r, self.n, temperature * alpha * beta, self.window)
+        return alpha * (count - zero_point)
+
+
+# --- the method ------------------------------------------------------------------------
+
+
+def first_last_overrides(model: keras.Model, bits: int = 8) -> dict[str, dict[str, int]]:
+    """``overrides`` for :func:`tfqnet.quantize_model` keeping the first and the last
+    weighted layer (Conv/Dense, in ``model.layers`` order) at ``bits`` weights and
+    activations; the paper left them float, a microcontroller has no float.
+
+    ``quantize_model(m, "qn", 2, 8, overrides=first_last_overrides(m))``.
+    """
+    from tfqnet.quantize.registry import WEIGHTED_LAYERS
+
+    weighted = [layer.name for layer in model.layers if type(layer) in WEIGHTED_LAYERS]
+    if not weighted:
+        return {}
+    ends = dict.fromkeys([weighted[0], weighted[-1]])
+    return {name: {"weight_bits": bits, "activation_bits": bits} for name in ends}
+
+
+@register_method
+class QNMethod(QuantizationMethod):
+    """``method="qn"``: Quantization Networks (options in :mod:`tfqnet.quantizers.qn`)."""
+
+    name = "qn"
+
+    def __init__(
+        self,
+        levels: str | int | Sequence[int] | None = None,
+        learn_thresholds: bool = False,
+        learn_activation_thresholds: bool = False,
+        temperature_step: float = 10.0,
+        max_temperature: float = 2000.0,
+        ternary_threshold: float = TERNARY_THRESHOLD,
+    ):
+        self.levels = None if levels is None else parse_levels(levels)
+        self.ternary_threshold = float(ternary_threshold)
+        self.learn_thresholds = bool(learn_thresholds)
+        self.learn_activation_thresholds = bool(learn_activation_thresholds)
+        self.schedule = {"temperature_step": temperature_step, "max_temperature": max_temperature}
+        _check_schedule(temperature_step, max_temperature)  # now, not per layer
+
+    def weight_levels(self, bits: int) -> tuple[int, ...]:
+        """The level set of a layer with ``bits`` weight bits (see the module docstring)."""
+        if self.levels is None or bits == 8:
+            return uniform_levels(bits)
+        if required_bits(self.levels) > bits:
+            raise ValueError(
+                f"QN levels {list(self.levels)} need weight_bits >= "
+                f"{required_bits(self.levels)}, got {bits}."
+            )
+        return self.levels
+
+    def weight_quantizer(self, bits, per_axis, channel_dims):
+        return QNWeightQuantizer(
+            self.weight_levels(bits),
+            per_axis=per_axis,
+            channel_dims=channel_dims,
+            learn_thresholds=self.learn_thresholds,
+            ternary_threshold=self.ternary_threshold,
+            **self.schedule,
+        )
+
+    def activation_quantizer(self, bits):
+        return QNActivationQuantizer(
+            bits, learn_thresholds=self.learn_activation_thresholds, **self.schedule
+        )
