@@ -1,0 +1,82 @@
+"""Benchmark of issue 7's targets: export-c plus check on a ~250k-parameter model in
+under 30 s on 2 cores, and a reported arena never below the true minimum, <= 1.1x it.
+
+Run: ``python benchmarks/micro_tools.py``. Training/conversion time is not counted;
+the timed part is ``tfqnet export-c`` and ``tfqnet check --data`` (64 samples), called
+in-process as the console script would run them.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+import tfqnet
+from tfqnet._keras import keras
+from tfqnet.cli import main
+from tfqnet.datasets import load_digits
+from tfqnet.micro.arena import arena_ok, measure_arena
+from tfqnet.micro.c_arrays import align_flatbuffer
+
+
+def wide_cnn() -> keras.Model:
+    """About 250k parameters: most of them in the Dense after a 8x8x64 feature map."""
+    L = keras.layers
+    inputs = keras.Input((8, 8, 1), name="image")
+    x = L.Conv2D(16, 3, padding="same", activation="relu", name="conv1")(inputs)
+    x = L.Conv2D(64, 3, padding="same", activation="relu", name="conv2")(x)
+    x = L.Flatten(name="flatten")(x)
+    x = L.Dense(60, activation="relu", name="fc1")(x)
+    outputs = L.Dense(10, name="logits")(x)
+    return keras.Model(inputs, outputs, name="wide_cnn")
+
+
+def main_benchmark() -> int:
+    digits = load_digits()
+    keras.utils.set_random_seed(0)
+    model = wide_cnn()
+    model.compile(keras.optimizers.Adam(1e-3),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(digits.x_train, digits.y_train, epochs=3, batch_size=32, verbose=0)
+    qat = tfqnet.quantize_model(model, weight_bits=4, activation_bits=8)
+    qat.compile(keras.optimizers.Adam(5e-4),
+                keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    qat.fit(digits.x_train, digits.y_train, epochs=1, batch_size=32, verbose=0,
+            callbacks=tfqnet.callbacks(qat, 1))
+    tflite = tfqnet.convert(qat, digits.x_train)
+    params = model.count_params()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path, data = Path(tmp) / "wide.tflite", Path(tmp) / "x.npy"
+        path.write_bytes(tflite)
+        np.save(data, digits.x_test)
+        start = time.monotonic()
+        code_export = main(["export-c", str(path), "--out", str(Path(tmp) / "c"),
+                            "--name", "wide", "--inputs", str(data), "--count", "8"])
+        mid = time.monotonic()
+        code_check = main(["check", str(path), "--data", str(data), "--quiet"])
+        end = time.monotonic()
+
+    aligned = align_flatbuffer(tflite)
+    arena = measure_arena(aligned)
+    runs_at_minimum = arena_ok(aligned, arena.minimum)
+    fails_below = not arena_ok(aligned, arena.minimum - 1)
+    total = end - start
+    print(f"\nparameters: {params}; flatbuffer {len(tflite)} bytes")
+    print(f"export-c {mid - start:.1f} s + check {end - mid:.1f} s = {total:.1f} s "
+          f"(target < 30 s) exit codes {code_export}/{code_check}")
+    print(f"arena: minimum {arena.minimum}, reported {arena.reported} "
+          f"({arena.reported / arena.minimum:.3f}x; target 1.0-1.1x); runs at minimum: "
+          f"{runs_at_minimum}; fails at minimum-1: {fails_below}")
+    ok = (total < 30 and code_export == 0 and code_check == 0 and runs_at_minimum
+          and fails_below and arena.minimum <= arena.reported <= 1.1 * arena.minimum)
+    print("targets met" if ok else "TARGETS MISSED")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main_benchmark())

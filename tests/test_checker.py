@@ -1,0 +1,103 @@
+"""The reference kernel checker: passes the digits model, fails what cannot run on a
+board or disagrees with the Keras model, and reports resources that add up."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.micro_helpers import (
+    digits_qat_and_tflite,
+    disagreeing_qat_model,
+    unsupported_op_tflite,
+)
+from tfqnet.convert.flatbuffer import FlatbufferModel
+from tfqnet.errors import InvalidModelFileError
+from tfqnet.micro.arena import with_margin
+from tfqnet.micro.c_arrays import align_flatbuffer
+from tfqnet.micro.checker import check_model
+
+
+@pytest.fixture(scope="module")
+def qat_and_tflite(float_digits_model, digits):
+    return digits_qat_and_tflite(float_digits_model, digits)
+
+
+@pytest.fixture(scope="module")
+def report(qat_and_tflite, digits):
+    qat, tflite = qat_and_tflite
+    return check_model(tflite, data=digits.x_test, keras_model=qat, samples=48)
+
+
+def test_digits_model_passes_every_check(report):
+    assert report.passed, report.format_table()
+    assert report.samples == 48
+    assert report.layer_check == "passed"
+    assert report.keras["passed"] and report.keras["top1_agreement"] >= 0.95
+    assert report.format_table().rstrip().endswith("PASS")
+
+
+def test_layer_statuses_are_exact_except_known_fc_rounding(report):
+    by_op = {}
+    for layer in report.layers:
+        by_op.setdefault(layer.op, set()).add(layer.status)
+        assert layer.isolated_samples > 0
+    assert by_op["CONV_2D"] == {"exact"}  # BUILTIN_REF matches TFLM bit for bit
+    assert by_op["FULLY_CONNECTED"] <= {"exact", "known rounding (+-1 LSB)", "propagated"}
+    fc = [r for r in report.layers if r.op == "FULLY_CONNECTED"]
+    assert all((r.isolated_max_diff or 0) <= 1 for r in fc)
+
+
+def test_resources_add_up(report, qat_and_tflite):
+    tflite = qat_and_tflite[1]
+    graph = FlatbufferModel.from_bytes(tflite)
+    assert report.flash_bytes == len(align_flatbuffer(tflite))
+    assert report.arena_reported == with_margin(report.arena_minimum)
+    rows = {r["index"]: r for r in report.resources}
+    macs = 0
+    for op in graph.operators:
+        out = graph.tensors[op.outputs[0]].shape
+        filt = graph.tensors[op.inputs[1]].shape if len(op.inputs) > 1 else ()
+        if op.name == "CONV_2D":  # H*W*Cout * kh*kw*Cin
+            macs += out[1] * out[2] * out[3] * filt[1] * filt[2] * filt[3]
+        elif op.name == "FULLY_CONNECTED":
+            macs += out[-1] * filt[-1]
+        if op.name in ("CONV_2D", "FULLY_CONNECTED"):
+            assert rows[op.index]["weight_bits"] == 4  # INT4 filters
+            assert rows[op.index]["weight_bytes"] == graph.tensors[op.inputs[1]].buffer_bytes
+    assert report.total_macs == macs > 0
+    assert json.loads(json.dumps(report.to_dict()))["passed"] is True
+
+
+def test_op_without_tflm_kernel_fails_naming_it():
+    bad = check_model(unsupported_op_tflite())
+    assert not bad.passed
+    text = "\n".join(bad.failures)
+    assert "TOPK_V2" in text
+    # Not only the static table: the TFLM runtime itself refused to load the model.
+    assert any("Didn't find op for builtin opcode 'TOPK_V2'" in e for e in bad.failures)
+    assert bad.layer_check.startswith("skipped")
+
+
+def test_keras_model_that_disagrees_fails(qat_and_tflite, float_digits_model, digits):
+    other = disagreeing_qat_model(float_digits_model, digits)
+    bad = check_model(qat_and_tflite[1], data=digits.x_test, keras_model=other, samples=32)
+    assert bad.layer_check == "passed"  # the flatbuffer itself is fine ...
+    assert not bad.passed  # ... but it is not the model that was trained
+    assert bad.keras["top1_agreement"] < 0.5
+    assert "top-1 agreement" in bad.failures[0]
+
+
+def test_generated_inputs_when_no_data(qat_and_tflite):
+    result = check_model(qat_and_tflite[1], samples=8)
+    assert result.samples == 8 and result.layer_check == "passed"
+
+
+def test_corrupt_bytes_raise_invalid_model_file():
+    data = bytearray(b"\x18\x00\x00\x00TFL3" + bytes(40))
+    with pytest.raises(InvalidModelFileError):
+        check_model(bytes(data))
+    with pytest.raises(InvalidModelFileError):
+        check_model(np.zeros(3).tobytes())

@@ -1,0 +1,124 @@
+"""The ``tfqnet`` command line: export-c and check, their exit codes and file safety."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.micro_helpers import (
+    digits_qat_and_tflite,
+    disagreeing_qat_model,
+    unsupported_op_tflite,
+)
+from tfqnet.cli import main
+from tfqnet.micro.c_arrays import align_flatbuffer, parse_c_byte_array
+
+ROOT = Path(__file__).resolve().parents[1]
+FILES = ["digits_model_data.h", "digits_model_data.cc", "digits_op_resolver.h",
+         "digits_test_data.h", "digits_test_data.cc", "digits_check.cc"]
+
+
+@pytest.fixture(scope="module")
+def work(float_digits_model, digits, tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli")
+    qat, tflite = digits_qat_and_tflite(float_digits_model, digits)
+    (path / "digits.tflite").write_bytes(tflite)
+    np.save(path / "x.npy", digits.x_test[:40])
+    (path / "topk.tflite").write_bytes(unsupported_op_tflite())
+    (path / "empty.tflite").write_bytes(b"")
+    (path / "junk.tflite").write_bytes(b"not a model at all" * 10)
+    (path / "truncated.tflite").write_bytes(tflite[: len(tflite) // 3])
+    return path
+
+
+def test_export_c_writes_all_files_and_refuses_to_overwrite(work, capsys):
+    out = work / "out"
+    args = ["export-c", str(work / "digits.tflite"), "--out", str(out), "--name", "digits",
+            "--inputs", str(work / "x.npy"), "--count", "3"]
+    assert main(args) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(FILES)
+    source = (out / "digits_model_data.cc").read_text()
+    aligned = align_flatbuffer((work / "digits.tflite").read_bytes())
+    assert parse_c_byte_array(source, "g_digits_model_data") == aligned
+    assert "#define DIGITS_TEST_COUNT 3" in (out / "digits_test_data.h").read_text()
+    assert "DIGITS_TENSOR_ARENA_SIZE" in (out / "digits_model_data.h").read_text()
+    capsys.readouterr()
+
+    (out / "digits_op_resolver.h").write_text("edited by hand")
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--force" in err[0]
+    assert (out / "digits_op_resolver.h").read_text() == "edited by hand"  # untouched
+
+    assert main([*args, "--force"]) == 0
+    assert "AddConv2D" in (out / "digits_op_resolver.h").read_text()
+
+
+def test_export_c_fails_on_an_op_tflm_lacks(work, capsys):
+    code = main(["export-c", str(work / "topk.tflite"), "--out", str(work / "topk_out"),
+                 "--name", "topk"])
+    assert code == 1
+    assert "TOPK_V2" in capsys.readouterr().err
+    assert not (work / "topk_out").exists()
+
+
+@pytest.mark.parametrize("name", ["empty.tflite", "junk.tflite", "truncated.tflite",
+                                  "missing.tflite"])
+def test_bad_model_file_is_one_line_and_exit_2(work, capsys, name):
+    assert main(["check", str(work / name)]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tfqnet: error:") and name in lines[0]
+    assert "Traceback" not in captured.err + captured.out
+
+
+def test_wrapper_script_on_corrupt_file_has_no_traceback(work):
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "check.py"),
+                           str(work / "junk.tflite")], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("tfqnet: error:")]
+    assert len(errors) == 1 and "not a valid TFLite model" in errors[0]
+
+
+def test_check_passes_and_writes_json(work, capsys):
+    report = work / "report.json"
+    code = main(["check", str(work / "digits.tflite"), "--data", str(work / "x.npy"),
+                 "--json", str(report), "--samples", "16"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.out
+    data = json.loads(report.read_text())
+    assert data["passed"] is True and data["samples"] == 16
+    assert data["arena_minimum"] <= data["arena_reported"] <= 1.1 * data["arena_minimum"]
+    assert "layer by layer" in captured.err  # progress goes to stderr
+    assert captured.out.rstrip().endswith("PASS")
+    # An existing report is not overwritten without --force.
+    assert main(["check", str(work / "digits.tflite"), "--json", str(report)]) == 2
+
+
+def test_check_fails_on_an_op_tflm_lacks(work, capsys):
+    assert main(["check", str(work / "topk.tflite"), "--quiet"]) == 1
+    out = capsys.readouterr().out
+    assert "TOPK_V2" in out and out.rstrip().splitlines()[-1].startswith("FAIL")
+    assert main(["check", str(work / "topk.tflite"), "--quiet", "--json", "-"]) == 1
+    report = json.loads(capsys.readouterr().out)  # JSON only, no table around it
+    assert report["passed"] is False and "TOPK_V2" in report["failures"][0]
+
+
+def test_check_against_saved_keras_models(work, float_digits_model, digits, capsys):
+    qat, _ = digits_qat_and_tflite(float_digits_model, digits)
+    good, bad = work / "qat_good", work / "qat_bad"
+    qat.save(good, save_format="tf")
+    disagreeing_qat_model(float_digits_model, digits).save(bad, save_format="tf")
+    base = ["check", str(work / "digits.tflite"), "--data", str(work / "x.npy"),
+            "--samples", "24", "--quiet"]
+    assert main([*base, "--keras", str(good)]) == 0
+    assert main([*base, "--keras", str(bad)]) == 1
+    assert "top-1 agreement" in capsys.readouterr().out
+    assert main([*base, "--keras", str(work / "nope.keras")]) == 2

@@ -1,0 +1,488 @@
+"""The reference kernel checker: does this flatbuffer run on a board as it was trained?
+
+Four checks, each answering a question TFLM's own tools leave open:
+
+1. Resolution: every op (with its version) and tensor type has a TFLM reference
+   kernel. Checked statically (the op table of :mod:`tfqnet.micro.op_resolver`) and
+   for real, by loading and invoking the model in the TFLM runtime in a child process
+   (the arena probe), so an unsupported op is named with the layer it came from.
+2. Layer by layer: every op output of TFLM vs TFLite's reference kernels
+   (BUILTIN_REF), in LSB. An op is judged only on samples where its inputs agree in
+   both runtimes ("isolated"), so one difference does not flag every op after it.
+   FULLY_CONNECTED's +-1 LSB (TFLM rounds twice, TFLite once) is reported as known
+   rounding, not as a failure. TFLM's layer-by-layer debugger compares against the
+   optimized TFLite kernels and flags that difference everywhere downstream.
+3. Against the Keras QAT model (optional): top-1 agreement and max output difference.
+4. Resources: flash bytes (aligned model), measured arena, per-layer weight bits,
+   bytes and MACs.
+
+TensorFlow is imported only for step 3 (loading the Keras model).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from tfqnet.convert.flatbuffer import FlatbufferModel, Operator, element_count
+from tfqnet.micro.arena import ArenaMeasurement, ArenaProbeError, measure_arena
+from tfqnet.micro.c_arrays import align_flatbuffer
+from tfqnet.micro.op_resolver import UnsupportedOpError, resolver_method
+
+#: Tensor types with no TFLM kernel support (INT2 only as TFLM_DECODE's input).
+UNSUPPORTED_TYPES = frozenset({"FLOAT16", "FLOAT64", "BFLOAT16", "COMPLEX64", "COMPLEX128",
+                               "STRING", "UINT16", "UINT32", "UINT64", "INT2"})
+#: Ops whose TFLM reference kernel is known to differ from TFLite's by this many LSB.
+KNOWN_ROUNDING_LSB = {"FULLY_CONNECTED": 1}
+DEFAULT_SAMPLES = 64
+DEFAULT_MIN_AGREEMENT = 0.95
+_WEIGHT_OPS = {"CONV_2D": 1, "DEPTHWISE_CONV_2D": 1, "FULLY_CONNECTED": 1, "TRANSPOSE_CONV": 1}
+_BITS = {"INT4": 4, "UINT4": 4, "INT2": 2, "INT8": 8, "UINT8": 8, "INT16": 16, "INT32": 32,
+         "FLOAT32": 32, "FLOAT16": 16}
+
+Progress = Callable[[str], None]
+
+
+def layer_name(tensor_name: str) -> str:
+    """The Keras layer an op came from, from its output tensor's name.
+
+    ``digits_cnn/quant_conv1/Relu;digits_cnn/...`` -> ``quant_conv1``.
+    """
+    first = tensor_name.split(";")[0]
+    parts = first.split("/")
+    return parts[1] if len(parts) > 2 else parts[0]
+
+
+@dataclass
+class LayerResult:
+    index: int
+    op: str
+    version: int
+    layer: str
+    tensor: int
+    type: str
+    max_diff: float | None = None  # over all samples, LSB (float: absolute)
+    isolated_max_diff: float | None = None  # on samples whose inputs agreed
+    isolated_samples: int = 0
+    status: str = "not run"  # exact | known rounding | propagated | FAIL | not run
+
+
+@dataclass
+class CheckReport:
+    model_bytes: int
+    flash_bytes: int = 0
+    resolution_errors: list[str] = field(default_factory=list)
+    arena_minimum: int | None = None
+    arena_reported: int | None = None
+    layers: list[LayerResult] = field(default_factory=list)
+    layer_check: str = "not run"  # passed | failed | skipped: reason
+    samples: int = 0
+    output_top1_tflm_vs_tflite: float | None = None
+    keras: dict | None = None
+    resources: list[dict] = field(default_factory=list)
+    total_macs: int = 0
+    weight_bytes: int = 0
+
+    @property
+    def failures(self) -> list[str]:
+        found = list(self.resolution_errors)
+        found += [f"layer {r.index} {r.op} ({r.layer}): TFLM differs from TFLite reference "
+                  f"by {r.isolated_max_diff:g} LSB on identical inputs"
+                  for r in self.layers if r.status == "FAIL"]
+        if self.keras is not None and not self.keras.get("passed", False):
+            found.append(f"Keras QAT model: {self.keras.get('reason', 'disagrees')}")
+        return found
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["passed"] = self.passed
+        data["failures"] = self.failures
+        return data
+
+    def format_table(self) -> str:
+        out = [f"model: {self.model_bytes} bytes; flash (aligned): {self.flash_bytes} bytes"]
+        if self.arena_minimum is not None:
+            out.append(f"arena: {self.arena_minimum} bytes measured minimum, "
+                       f"{self.arena_reported} with margin")
+        out.append("")
+        out.append("1. TFLM resolution: " + ("ok" if not self.resolution_errors else "FAILED"))
+        out += [f"   {e}" for e in self.resolution_errors]
+        out.append(f"2. layer by layer, TFLM vs TFLite BUILTIN_REF ({self.samples} samples): "
+                   f"{self.layer_check}")
+        if self.layers:
+            out.append(f"   {'#':>3} {'op':<20} {'layer':<22} {'type':<7} {'max':>6} "
+                       f"{'isol.':>6}  status")
+            for r in self.layers:
+                out.append(f"   {r.index:>3} {r.op + ' v' + str(r.version):<20} {r.layer[:22]:<22}"
+                           f" {r.type:<7} {_num(r.max_diff):>6} {_num(r.isolated_max_diff):>6}"
+                           f"  {r.status}")
+        if self.output_top1_tflm_vs_tflite is not None:
+            out.append(f"   output top-1 agreement TFLM vs TFLite: "
+                       f"{self.output_top1_tflm_vs_tflite:.3f}")
+        if self.keras is not None:
+            k = self.keras
+            out.append("3. Keras QAT model: " + ("ok" if k.get("passed") else "FAILED")
+                       + (f" (top-1 agreement {k['top1_agreement']:.3f}, max output diff "
+                          f"{_num(k.get('max_output_diff_lsb'))} LSB)"
+                          if k.get("top1_agreement") is not None else "")
+                       + (f": {k['reason']}" if k.get("reason") else ""))
+        else:
+            out.append("3. Keras QAT model: not given")
+        out.append(f"4. resources: {self.weight_bytes} weight bytes, {self.total_macs} MACs")
+        if self.resources:
+            out.append(f"   {'#':>3} {'op':<20} {'layer':<22} {'bits':>4} {'bytes':>8} "
+                       f"{'params':>8} {'MACs':>10} {'bias etc.':>9}")
+            for r in self.resources:
+                out.append(f"   {r['index']:>3} {r['op']:<20} {r['layer'][:22]:<22} "
+                           f"{_num(r['weight_bits']):>4} {r['weight_bytes']:>8} "
+                           f"{r['weight_params']:>8} {r['macs']:>10} "
+                           f"{r['other_const_bytes']:>9}")
+        out.append("")
+        out.append("PASS" if self.passed else f"FAIL ({len(self.failures)} problem(s))")
+        return "\n".join(out)
+
+
+def _num(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:g}"
+
+
+# ---------------------------------------------------------------------------- 1
+
+
+def _static_resolution(graph: FlatbufferModel) -> list[str]:
+    errors = []
+    decode_inputs = {i for op in graph.operators if op.name == "TFLM_DECODE" for i in op.inputs}
+    for op in graph.operators:
+        where = _where(graph, op)
+        try:
+            resolver_method(op.name)
+        except UnsupportedOpError:
+            errors.append(f"{where}: TFLite Micro has no kernel for {op.name} v{op.version}")
+            continue
+        for index in (*op.inputs, *op.outputs):
+            if index < 0:
+                continue
+            tensor = graph.tensors[index]
+            if tensor.type in UNSUPPORTED_TYPES and not (
+                tensor.type == "INT2" and index in decode_inputs
+            ):
+                errors.append(f"{where}: tensor {index} has type {tensor.type}, which no TFLM "
+                              f"{op.name} kernel takes")
+    return errors
+
+
+def op_layer(graph: FlatbufferModel, op: Operator) -> str:
+    """The layer name of an op: from its output tensor, else from a constant input
+    (the model's last op often outputs 'StatefulPartitionedCall:0')."""
+    names = [graph.tensors[i].name for i in op.outputs if i >= 0]
+    names += [graph.tensors[i].name for i in op.inputs if i >= 0 and graph.tensors[i].is_constant]
+    for name in names:
+        if "/" in name.split(";")[0]:
+            return layer_name(name)
+    return layer_name(names[0]) if names else f"op{op.index}"
+
+
+def _where(graph: FlatbufferModel, op: Operator) -> str:
+    return f"op {op.index} {op.name} (layer '{op_layer(graph, op)}')"
+
+
+def _runtime_error(graph: FlatbufferModel, error: ArenaProbeError) -> str:
+    text = str(error)
+    match = re.search(r"Node (\S+) \(number (\d+)\) failed", text)
+    if match and int(match.group(2)) < len(graph.operators):
+        op = graph.operators[int(match.group(2))]
+        return f"{_where(graph, op)} v{op.version}: TFLM refuses it in Prepare: {text}"
+    match = re.search(r"Didn't find op for builtin opcode '([^']+)'", text)
+    if match:
+        ops = [op for op in graph.operators if op.name == match.group(1)]
+        if ops:
+            return f"{_where(graph, ops[0])}: TFLM has no registered kernel: {text}"
+    return text
+
+
+# ---------------------------------------------------------------------------- 2
+
+
+def _sample_inputs(graph: FlatbufferModel, micro, data, count: int) -> list[np.ndarray]:
+    """One array of codes (N, ...) per input: the user's data, or seeded random codes."""
+    if data is not None:
+        arrays = list(data) if isinstance(data, list | tuple) else [data]
+        return [micro._prepare(np.asarray(a)[:count], d)
+                for a, d in zip(arrays, micro.inputs, strict=True)]
+    rng = np.random.default_rng(0)
+    arrays = []
+    for details in micro.inputs:
+        shape = (count, *details.shape[1:])
+        if np.issubdtype(details.dtype, np.integer):
+            info = np.iinfo(details.dtype)
+            arrays.append(rng.integers(info.min, info.max + 1, shape).astype(details.dtype))
+        else:
+            arrays.append(rng.standard_normal(shape).astype(details.dtype))
+    return arrays
+
+
+def _diff(a: np.ndarray, b: np.ndarray) -> float:
+    if a.shape != b.shape:
+        a, b = a.reshape(-1), b.reshape(-1)
+        if a.shape != b.shape:
+            return float("inf")
+    if np.issubdtype(a.dtype, np.floating):
+        return float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)), initial=0.0))
+    return float(np.max(np.abs(a.astype(np.int64) - b.astype(np.int64)), initial=0))
+
+
+def _tolerance(op: str, dtype: np.dtype, reference: np.ndarray) -> float:
+    if np.issubdtype(dtype, np.floating):
+        return 1e-5 * max(1.0, float(np.max(np.abs(reference), initial=0.0)))
+    return 0.0
+
+
+def _layer_by_layer(graph: FlatbufferModel, model: bytes, inputs: list[np.ndarray],
+                    arena: int, report: CheckReport, progress: Progress) -> None:
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    from tflite_micro import runtime as tflm
+
+    try:
+        lite = Interpreter(model_content=model,
+                           experimental_op_resolver_type=OpResolverType.BUILTIN_REF,
+                           experimental_preserve_all_tensors=True)
+        lite.allocate_tensors()
+    except Exception as error:  # e.g. no BUILTIN_REF DEPTHWISE_CONV_2D v7 (int4)
+        report.layer_check = ("skipped: TFLite's reference kernels cannot run this model "
+                              f"({str(error).strip().splitlines()[0][:200]})")
+        return
+    # preserve-all-tensors keeps every activation alive: size the arena for all of them
+    activations = sum(element_count(t.shape) * 4 for t in graph.tensors if not t.is_constant)
+    micro = tflm.Interpreter.from_bytes(
+        model, arena_size=arena * 2 + activations + 64 * 1024,
+        intrepreter_config=tflm.InterpreterConfig.kPreserveAllTensors)
+    lite_inputs = [d["index"] for d in lite.get_input_details()]
+    results = [LayerResult(op.index, op.name, op.version, op_layer(graph, op), op.outputs[0],
+                           graph.tensors[op.outputs[0]].type) for op in graph.operators]
+    count = inputs[0].shape[0]
+    top1 = []
+    for n in range(count):
+        if n % 16 == 0:
+            progress(f"layer by layer: sample {n + 1}/{count}")
+        for k, array in enumerate(inputs):
+            micro.set_input(array[n : n + 1], k)
+            lite.set_tensor(lite_inputs[k], array[n : n + 1])
+        micro.invoke()
+        lite.invoke()
+        agree: dict[int, bool] = {i: True for i in graph.inputs}
+        for op, result in zip(graph.operators, results, strict=True):
+            isolated = all(agree.get(i, True) for i in op.inputs
+                           if i >= 0 and not graph.tensors[i].is_constant)
+            worst = 0.0
+            worst_tol = 0.0
+            for out in op.outputs:
+                got = micro.GetTensor(out, 0)
+                mine = np.asarray(got["tensor_data"]).reshape(got["shape"])
+                ref = lite.get_tensor(out)
+                d = _diff(mine, ref)
+                tol = _tolerance(op.name, ref.dtype, ref)
+                agree[out] = d <= tol
+                worst, worst_tol = max(worst, d), max(worst_tol, tol)
+            result.max_diff = max(result.max_diff or 0.0, worst)
+            if isolated:
+                result.isolated_samples += 1
+                result.isolated_max_diff = max(result.isolated_max_diff or 0.0, worst)
+        for out in graph.outputs:
+            got = micro.GetTensor(out, 0)
+            mine = np.asarray(got["tensor_data"]).reshape(got["shape"])
+            ref = lite.get_tensor(out)
+            if mine.ndim == 2 and mine.shape[-1] > 1:
+                top1.append(bool(mine.argmax(-1)[0] == ref.argmax(-1)[0]))
+    for op, result in zip(graph.operators, results, strict=True):
+        known = KNOWN_ROUNDING_LSB.get(op.name, 0)
+        is_float = result.type.startswith("FLOAT")
+        if result.isolated_max_diff is None:
+            result.status = "propagated" if result.max_diff else "exact"
+        elif result.isolated_max_diff == 0 or (is_float and result.isolated_max_diff < 1e-4):
+            result.status = "propagated" if result.max_diff else "exact"
+        elif not is_float and result.isolated_max_diff <= known:
+            result.status = f"known rounding (+-{known} LSB)"
+        else:
+            result.status = "FAIL"
+    report.layers = results
+    report.samples = count
+    report.output_top1_tflm_vs_tflite = float(np.mean(top1)) if top1 else None
+    report.layer_check = "failed" if any(r.status == "FAIL" for r in results) else "passed"
+
+
+# ---------------------------------------------------------------------------- 3
+
+
+def load_keras_model(path: str):
+    """Loads a tfqnet QAT model (.keras / .h5 / SavedModel) with tf-keras.
+
+    TensorFlow is imported here, not at module import. tfqnet's registered classes are
+    also offered under their bare names, which older saves use.
+    """
+    import tfqnet
+    from tfqnet._keras import keras
+
+    bare = {key.split(">")[-1]: cls for key, cls in keras.utils.get_custom_objects().items()
+            if key.startswith("tfqnet>")}
+    with tfqnet.quantize_scope(), keras.utils.custom_object_scope(bare):
+        return keras.models.load_model(path, compile=False)
+
+
+def _compare_keras(keras_model, micro, inputs: list[np.ndarray], raw_data,
+                   min_agreement: float) -> dict:
+    if raw_data is not None:
+        arrays = list(raw_data) if isinstance(raw_data, list | tuple) else [raw_data]
+        floats = [np.asarray(a)[: inputs[0].shape[0]].astype(np.float32) for a in arrays]
+    else:  # the generated codes, as the float values they stand for
+        floats = [d.dequantize(a) for d, a in zip(micro.inputs, inputs, strict=True)]
+    expected = keras_model.predict(floats if len(floats) > 1 else floats[0], verbose=0)
+    got = micro.predict(inputs, raw=True)
+    expected_list = expected if isinstance(expected, list) else [expected]
+    got_list = got if isinstance(got, list) else [got]
+    if len(expected_list) != len(got_list):
+        return {"passed": False, "reason": f"the Keras model has {len(expected_list)} "
+                f"output(s), the flatbuffer {len(got_list)}"}
+    worst, agreements = 0.0, []
+    for details, want, have in zip(micro.outputs, expected_list, got_list, strict=True):
+        want = np.asarray(want)
+        if want.shape != have.shape:
+            return {"passed": False, "reason": f"output shape {want.shape} (Keras) vs "
+                    f"{have.shape} (flatbuffer)"}
+        if details.is_quantized:
+            worst = max(worst, _diff(details.quantize(want).astype(np.int64),
+                                     have.astype(np.int64)))
+        else:
+            worst = max(worst, _diff(want.astype(np.float32), have.astype(np.float32)))
+        if want.ndim == 2 and want.shape[-1] > 1:
+            agreements.append(float(np.mean(want.argmax(-1) == have.argmax(-1))))
+    agreement = min(agreements) if agreements else None
+    result = {"top1_agreement": agreement, "max_output_diff_lsb": worst,
+              "samples": int(inputs[0].shape[0]), "min_agreement": min_agreement}
+    if agreement is not None and agreement < min_agreement:
+        result.update(passed=False, reason=f"top-1 agreement {agreement:.3f} is below "
+                      f"{min_agreement:.3f}")
+    else:
+        result["passed"] = True
+    return result
+
+
+# ---------------------------------------------------------------------------- 4
+
+
+def layer_resources(graph: FlatbufferModel) -> list[dict]:
+    """Per op with constant weights: storage bits, bytes, parameters and MACs (batch 1)."""
+    rows = []
+    for op in graph.operators:
+        consts = [graph.tensors[i] for i in op.inputs if i >= 0 and graph.tensors[i].is_constant]
+        if op.name not in _WEIGHT_OPS:  # skip shape/axis operands (RESHAPE, MEAN, ...)
+            consts = [t for t in consts if t.type != "INT32"]
+        macs = _macs(graph, op)
+        if not consts and not macs:
+            continue
+        weight = None
+        if op.name in _WEIGHT_OPS and len(op.inputs) > 1 and op.inputs[1] >= 0:
+            weight = graph.tensors[op.inputs[1]]
+        if weight is None or not weight.is_constant:
+            weight = consts[0] if consts else None
+        rows.append({
+            "index": op.index,
+            "op": op.name,
+            "layer": op_layer(graph, op),
+            "weight_type": weight.type if weight is not None else None,
+            "weight_bits": _BITS.get(weight.type) if weight is not None else None,
+            "weight_bytes": weight.buffer_bytes if weight is not None else 0,
+            "weight_params": element_count(weight.shape) if weight is not None else 0,
+            "other_const_bytes": sum(t.buffer_bytes for t in consts if t is not weight),
+            "macs": macs,
+        })
+    return rows
+
+
+def _macs(graph: FlatbufferModel, op: Operator) -> int:
+    if op.name not in _WEIGHT_OPS or len(op.inputs) < 2 or not op.outputs:
+        return 0
+    out = graph.tensors[op.outputs[0]].shape
+    filt = graph.tensors[op.inputs[1]].shape
+    if not out or not filt:
+        return 0
+    if op.name == "CONV_2D":  # filter (Cout, kh, kw, Cin)
+        return element_count(out) * int(np.prod(filt[1:]))
+    if op.name == "DEPTHWISE_CONV_2D":  # filter (1, kh, kw, Cout)
+        return element_count(out) * int(filt[1] * filt[2])
+    if op.name == "FULLY_CONNECTED":  # filter (units, in)
+        return element_count(out) * int(filt[-1])
+    if op.name == "TRANSPOSE_CONV":  # filter (Cout, kh, kw, Cin); work per input pixel
+        return element_count(graph.tensors[op.inputs[2]].shape) * int(np.prod(filt[:3]))
+    return 0
+
+
+# ----------------------------------------------------------------------- driver
+
+
+def check_model(model: bytes, data=None, keras_model=None, samples: int = DEFAULT_SAMPLES,
+                min_agreement: float = DEFAULT_MIN_AGREEMENT,
+                progress: Progress | None = None) -> CheckReport:
+    """Runs the four checks on a flatbuffer; ``report.passed`` says whether all passed.
+
+    ``data``: float samples (or integer codes) for the model input, shape (N, ...);
+    seeded random codes when None. ``keras_model``: a QAT model or a path to one.
+    Raises InvalidModelFileError when ``model`` is not a TFLite flatbuffer.
+    """
+    from tfqnet.micro.runtime import MicroInterpreter
+
+    progress = progress or (lambda message: None)
+    graph = FlatbufferModel.from_bytes(model)
+    aligned = align_flatbuffer(model)
+    report = CheckReport(model_bytes=len(model), flash_bytes=len(aligned))
+    report.resources = layer_resources(graph)
+    report.total_macs = sum(r["macs"] for r in report.resources)
+    report.weight_bytes = graph.weight_bytes()
+
+    progress("resolution: static op and type table")
+    report.resolution_errors = _static_resolution(graph)
+    progress("resolution and arena: probing the TFLM runtime (child process)")
+    arena: ArenaMeasurement | None = None
+    try:
+        arena = measure_arena(aligned)
+        report.arena_minimum, report.arena_reported = arena.minimum, arena.reported
+    except ArenaProbeError as error:
+        message = _runtime_error(graph, error)
+        if not any(message.startswith(e.split(":")[0]) for e in report.resolution_errors):
+            report.resolution_errors.append(message)
+        else:
+            report.resolution_errors.append("TFLM runtime: " + message)
+    if report.resolution_errors or arena is None:
+        report.layer_check = "skipped: the model does not load in TFLM"
+        if keras_model is not None:
+            report.keras = {"passed": False, "reason": "not compared: the model does not "
+                            "load in TFLM"}
+        return report
+
+    micro = MicroInterpreter(aligned, arena_size=arena.reported + 64 * 1024)
+    count = samples if data is None else min(samples, len(_first(data)))
+    inputs = _sample_inputs(graph, micro, data, count)
+    if "TFLM_DECODE" in graph.op_names:
+        report.layer_check = ("skipped: compressed model (TFLM_DECODE), which TFLite's "
+                              "interpreter cannot run")
+    else:
+        _layer_by_layer(graph, aligned, inputs, arena.minimum, report, progress)
+
+    if keras_model is not None:
+        progress("Keras QAT model: loading and comparing")
+        if isinstance(keras_model, str):
+            keras_model = load_keras_model(keras_model)
+        report.keras = _compare_keras(keras_model, micro, inputs, data, min_agreement)
+    return report
+
+
+def _first(data):
+    return data[0] if isinstance(data, list | tuple) else data
