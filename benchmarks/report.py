@@ -1,0 +1,59 @@
+"""Shared by the benchmark scripts: machine facts and BENCHMARKS.md sections.
+
+Each script owns one section of BENCHMARKS.md, between ``<!-- NAME:start -->`` and
+``<!-- NAME:end -->`` markers, and rewrites only that section, so the scripts can be
+run one at a time.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+BENCHMARKS_MD = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
+
+
+def machine() -> str:
+    import numpy as np
+    import tensorflow as tf
+    import tensorflow_model_optimization as tfmot
+    import tflite_micro
+
+    return (
+        f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"TensorFlow {tf.__version__}, TFMOT {tfmot.__version__}, "
+        f"tflite-micro {tflite_micro.__version__}, numpy {np.__version__}"
+    )
+
+
+def markdown_table(header: list[str], rows: list[list[object]]) -> str:
+    def cell(value: object) -> str:
+        return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_section(name: str, title: str, body: str) -> None:
+    """Replaces (or appends) section ``name`` of BENCHMARKS.md and prints it."""
+    command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
+    section = (
+        f"<!-- {name}:start -->\n## {title}\n\n"
+        f"Measured {time.strftime('%Y-%m-%d')} with `{command}` on {machine()}.\n\n"
+        f"{body.strip()}\n<!-- {name}:end -->"
+    )
+    print(section)
+    text = BENCHMARKS_MD.read_text() if BENCHMARKS_MD.exists() else (
+        "# tfqnet benchmarks\n\nEvery number here is printed by a script under `benchmarks/`; "
+        "re-run the script named in a section to reproduce it.\n"
+    )
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    if start in text and end in text:
+        text = text[: text.index(start)] + section + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    BENCHMARKS_MD.write_text(text)
