@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     configs = [("int8", 8, 8), (f"w{args.weight_bits}a{args.activation_bits}",
                                 args.weight_bits, args.activation_bits)]
     targets = {name: args.out / f"digits_{name}.tflite" for name, _, _ in configs}
-    existing = [str(p) for p in targets.values() if p.exists()]
+    test_inputs = args.out / "digits_test_x.npy"  # for `tfqnet check --data`
+    existing = [str(p) for p in [*targets.values(), test_inputs] if p.exists()]
     if existing and not args.force:  # refuse before any work, not after training
         print(f"error: {', '.join(existing)} exist; pass --force to overwrite", file=sys.stderr)
         return 1
@@ -79,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     model.fit(data.x_train, data.y_train, epochs=args.epochs, batch_size=32, verbose=0)
     float_acc = accuracy(model.predict(data.x_test, verbose=0), data.y_test)
     print(f"      float test accuracy {float_acc:.4f}", flush=True)
+
+    if test_inputs.exists() and args.force:
+        test_inputs.unlink()
+    np.save(test_inputs, data.x_test[:100])
 
     rows = []
     for step, (name, weight_bits, activation_bits) in enumerate(configs):
