@@ -78,21 +78,20 @@ class Quantizer(_TFMOT_QUANTIZER, abc.ABC):
     ) -> dict[str, tf.Tensor]:
         """Reads the state variables ``names``, setting them from data once in training.
 
-        Returns the values to use in this call: the variables once initialized, the
-        freshly computed initial values (without gradient) on the first training step.
-        In inference mode the variables are returned as they are.
+        ``initial_values`` runs only inside the branch taken on the first training step
+        (a k-means of a kernel is not recomputed every step). In inference mode the
+        variables are returned as they are.
         """
         if not training:
             return {k: tf.identity(weights[k]) for k in names}
         flag = weights["initialized"]
-        is_initialized = flag > 0.5
-        fresh = {k: tf.stop_gradient(v) for k, v in initial_values().items()}
 
         def assign() -> tf.Tensor:
+            fresh = {k: tf.stop_gradient(v) for k, v in initial_values().items()}
             ops = [weights[k].assign(fresh[k]) for k in names] + [flag.assign(1.0)]
             with tf.control_dependencies(ops):
                 return tf.constant(True)
 
-        done = tf.cond(is_initialized, lambda: tf.constant(True), assign)
+        done = tf.cond(flag > 0.5, lambda: tf.constant(True), assign)
         with tf.control_dependencies([done]):
-            return {k: tf.where(is_initialized, weights[k], fresh[k]) for k in names}
+            return {k: tf.identity(weights[k]) for k in names}

@@ -58,7 +58,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -203,29 +203,6 @@ def kmeans_thresholds(u: tf.Tensor, levels: Sequence[int]) -> tf.Tensor:
 
 
 # --- quantizers ------------------------------------------------------------------------
-
-
-def _init_once(
-    weights: Mapping[str, tf.Variable],
-    names: Sequence[str],
-    initial_values: Callable[[], Mapping[str, tf.Tensor]],
-    training: bool,
-) -> dict[str, tf.Tensor]:
-    """Like :meth:`Quantizer.initialize_once`, but computes the initial values (a k-means
-    of the whole kernel) only inside the branch that runs once, not on every step."""
-    if not training:
-        return {k: tf.identity(weights[k]) for k in names}
-    flag = weights["initialized"]
-
-    def assign() -> tf.Tensor:
-        fresh = {k: tf.stop_gradient(v) for k, v in initial_values().items()}
-        ops = [weights[k].assign(fresh[k]) for k in names] + [flag.assign(1.0)]
-        with tf.control_dependencies(ops):
-            return tf.constant(True)
-
-    done = tf.cond(flag > 0.5, lambda: tf.constant(True), assign)
-    with tf.control_dependencies([done]):
-        return {k: tf.identity(weights[k]) for k in names}
 
 
 class TemperatureSchedule(keras.callbacks.Callback):
@@ -407,7 +384,7 @@ class QNWeightQuantizer(_QNQuantizer):
             if self.per_axis
             else (tf.reshape(inputs, [-1, 1]))
         )
-        state = _init_once(
+        state = self.initialize_once(
             weights,
             ["log_alpha", "log_beta", "thresholds"],
             lambda: self.initial_state(flat),
@@ -520,7 +497,7 @@ class QNActivationQuantizer(_QNQuantizer):
         return state
 
     def __call__(self, inputs, training, weights, **kwargs):
-        state = _init_once(
+        state = self.initialize_once(
             weights, self.state_names(), lambda: self.initial_state(inputs), training
         )
         alpha, beta = tf.exp(state["log_alpha"]), tf.exp(state["log_beta"])
