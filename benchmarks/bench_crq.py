@@ -23,16 +23,7 @@ import tfqnet
 from tfqnet._keras import keras
 from tfqnet.convert.compression import compress_ternary, stored_weight_bytes
 from tfqnet.datasets import load_digits
-from tfqnet.models import digits_cnn
-
-
-def _compile(model: keras.Model, lr: float) -> keras.Model:
-    model.compile(
-        keras.optimizers.Adam(lr),
-        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    return model
+from tfqnet.models import compile_classifier, digits_cnn
 
 
 def _accuracy(y_pred: np.ndarray, y: np.ndarray) -> float:
@@ -42,12 +33,12 @@ def _accuracy(y_pred: np.ndarray, y: np.ndarray) -> float:
 def run_seed(seed: int, float_epochs: int, qat_epochs: int, methods: list[str]) -> dict:
     digits = load_digits()
     keras.utils.set_random_seed(seed)
-    model = _compile(digits_cnn(), 1e-3)
+    model = compile_classifier(digits_cnn(), 1e-3)
     model.fit(digits.x_train, digits.y_train, epochs=float_epochs, batch_size=32, verbose=0)
     result = {"float": _accuracy(model.predict(digits.x_test, verbose=0), digits.y_test)}
     for method in methods:
         keras.utils.set_random_seed(seed + 1)
-        qat = _compile(tfqnet.quantize_model(model, method=method, weight_bits=2), 5e-4)
+        qat = compile_classifier(tfqnet.quantize_model(model, method=method, weight_bits=2), 5e-4)
         qat.fit(
             digits.x_train,
             digits.y_train,

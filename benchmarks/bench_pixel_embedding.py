@@ -23,6 +23,7 @@ from tfqnet._keras import keras
 from tfqnet.convert.raw_input import convert_raw_input
 from tfqnet.datasets import load_digits
 from tfqnet.layers import PixelEmbedding
+from tfqnet.models import compile_classifier
 
 L = keras.layers
 
@@ -35,8 +36,7 @@ def body(x):
 
 
 def train(model, x, y, epochs, lr):
-    model.compile(keras.optimizers.Adam(lr),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    compile_classifier(model, lr)
     model.fit(x, y, epochs=epochs, batch_size=32, verbose=0)
     return model
 

@@ -32,7 +32,7 @@ import tensorflow_model_optimization as tfmot
 import tfqnet
 from tfqnet._keras import keras
 from tfqnet.datasets import load_digits
-from tfqnet.models import digits_cnn
+from tfqnet.models import compile_classifier, digits_cnn
 
 _tfmot_q = tfmot.quantization.keras
 
@@ -121,14 +121,6 @@ class _BatchTimer(keras.callbacks.Callback):
         self.times.append(time.perf_counter() - self._start)
 
 
-def _compile(model: keras.Model, lr: float) -> keras.Model:
-    model.compile(
-        keras.optimizers.Adam(lr),
-        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    return model
-
 
 def _accuracy(logits: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(logits.argmax(-1) == y))
@@ -145,7 +137,7 @@ VARIANTS = {
 def run_seed(seed: int, float_epochs: int, epochs: int, k: float) -> dict[str, float]:
     digits = load_digits()
     keras.utils.set_random_seed(seed)
-    model = _compile(digits_cnn(), 1e-3)
+    model = compile_classifier(digits_cnn(), 1e-3)
     model.fit(digits.x_train, digits.y_train, epochs=float_epochs, batch_size=32, verbose=0)
     result = {"float": _accuracy(model.predict(digits.x_test, verbose=0), digits.y_test)}
     for name, kwargs in [*VARIANTS.items(), ("tfmot ste", None)]:
@@ -155,7 +147,7 @@ def run_seed(seed: int, float_epochs: int, epochs: int, k: float) -> dict[str, f
         else:
             options = {"temperature_step": k} if kwargs["method"] == "qn" else {}
             qat = tfqnet.quantize_model(model, activation_bits=8, **kwargs, **options)
-        _compile(qat, 5e-4)
+        compile_classifier(qat, 5e-4)
         timer = _BatchTimer()
         callbacks = [timer] + (tfqnet.callbacks(qat, epochs) if kwargs else [])
         qat.fit(

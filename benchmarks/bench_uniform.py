@@ -20,14 +20,7 @@ import tfqnet
 from benchmarks.report import markdown_table, write_section
 from tfqnet._keras import keras, tf
 from tfqnet.datasets import load_digits
-from tfqnet.models import digits_cnn
-
-
-def compiled(model, lr):
-    model.compile(keras.optimizers.Adam(lr),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"])
-    return model
+from tfqnet.models import compile_classifier, digits_cnn
 
 
 def step_time(model, data, steps: int = 60) -> float:
@@ -82,7 +75,7 @@ def main() -> None:
     times = {"tfqnet uniform W4A8": [], "TFMOT default 8-bit": []}
     for seed in range(args.seeds):
         keras.utils.set_random_seed(seed)
-        model = compiled(digits_cnn(), 1e-3)
+        model = compile_classifier(digits_cnn(), 1e-3)
         model.fit(data.x_train, data.y_train, epochs=float_epochs, batch_size=32, verbose=0)
         float_acc = float(np.mean(model.predict(data.x_test, verbose=0).argmax(-1)
                                   == data.y_test))
@@ -96,7 +89,7 @@ def main() -> None:
         ]
         for name, make, convert in runs:
             keras.utils.set_random_seed(seed)
-            qat = compiled(make(model), 5e-4)
+            qat = compile_classifier(make(model), 5e-4)
             qat.fit(data.x_train, data.y_train, epochs=qat_epochs, batch_size=32, verbose=0,
                     callbacks=tfqnet.callbacks(qat, qat_epochs) if "tfqnet" in name else [])
             qat_acc = float(np.mean(qat.predict(data.x_test, verbose=0).argmax(-1)

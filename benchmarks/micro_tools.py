@@ -21,6 +21,7 @@ from tfqnet.cli import main
 from tfqnet.datasets import load_digits
 from tfqnet.micro.arena import arena_ok, measure_arena
 from tfqnet.micro.c_arrays import align_flatbuffer
+from tfqnet.models import compile_classifier
 
 
 def wide_cnn() -> keras.Model:
@@ -39,12 +40,10 @@ def main_benchmark() -> int:
     digits = load_digits()
     keras.utils.set_random_seed(0)
     model = wide_cnn()
-    model.compile(keras.optimizers.Adam(1e-3),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    compile_classifier(model, 1e-3)
     model.fit(digits.x_train, digits.y_train, epochs=3, batch_size=32, verbose=0)
     qat = tfqnet.quantize_model(model, weight_bits=4, activation_bits=8)
-    qat.compile(keras.optimizers.Adam(5e-4),
-                keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    compile_classifier(qat, 5e-4)
     qat.fit(digits.x_train, digits.y_train, epochs=1, batch_size=32, verbose=0,
             callbacks=tfqnet.callbacks(qat, 1))
     tflite = tfqnet.convert(qat, digits.x_train)

@@ -22,7 +22,7 @@ import numpy as np
 import tfqnet  # first: makes tf.keras tf-keras for TFMOT
 from tfqnet._keras import keras
 from tfqnet.datasets import load_digits
-from tfqnet.models import digits_cnn
+from tfqnet.models import compile_classifier, digits_cnn
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -37,14 +37,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--force", action="store_true", help="overwrite existing files")
     return parser.parse_args(argv)
 
-
-def compile_for_digits(model: keras.Model, lr: float) -> keras.Model:
-    model.compile(
-        keras.optimizers.Adam(lr),
-        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    return model
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -76,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     data = load_digits()
     keras.utils.set_random_seed(args.seed)
     print(f"[1/4] training the float CNN ({args.epochs} epochs)...", flush=True)
-    model = compile_for_digits(digits_cnn(), 1e-3)
+    model = compile_classifier(digits_cnn(), 1e-3)
     model.fit(data.x_train, data.y_train, epochs=args.epochs, batch_size=32, verbose=0)
     float_acc = accuracy(model.predict(data.x_test, verbose=0), data.y_test)
     print(f"      float test accuracy {float_acc:.4f}", flush=True)
@@ -93,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         keras.utils.set_random_seed(args.seed)
         qat = tfqnet.quantize_model(model, method=args.method, weight_bits=weight_bits,
                                     activation_bits=activation_bits)
-        compile_for_digits(qat, 5e-4)
+        compile_classifier(qat, 5e-4)
         qat.fit(data.x_train, data.y_train, epochs=args.qat_epochs, batch_size=32, verbose=0,
                 callbacks=tfqnet.callbacks(qat, args.qat_epochs))
         flatbuffer = tfqnet.convert(qat, data.x_train)

@@ -11,7 +11,7 @@ import pytest
 import tfqnet  # noqa: F401  (first: makes tf.keras tf-keras)
 from tfqnet._keras import keras
 from tfqnet.datasets import load_digits
-from tfqnet.models import digits_cnn
+from tfqnet.models import compile_classifier, digits_cnn
 
 FLOAT_EPOCHS = 8
 
@@ -25,11 +25,6 @@ def digits():
 def float_digits_model(digits):
     """The baseline digits CNN, trained in float (seed 0). Do not modify it."""
     keras.utils.set_random_seed(0)
-    model = digits_cnn()
-    model.compile(
-        keras.optimizers.Adam(1e-3),
-        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
+    model = compile_classifier(digits_cnn(), 1e-3)
     model.fit(digits.x_train, digits.y_train, epochs=FLOAT_EPOCHS, batch_size=32, verbose=0)
     return model

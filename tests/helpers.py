@@ -6,16 +6,13 @@ import numpy as np
 
 import tfqnet
 from tfqnet._keras import keras
+from tfqnet.models import compile_classifier
 
 
 def fine_tune(qat_model, digits, epochs: int = 1, lr: float = 5e-4, callbacks=None):
     """Compiles and fine-tunes a QAT model on digits (seeded); returns it."""
     keras.utils.set_random_seed(1)
-    qat_model.compile(
-        keras.optimizers.Adam(lr),
-        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
+    compile_classifier(qat_model, lr)
     qat_model.fit(
         digits.x_train,
         digits.y_train,

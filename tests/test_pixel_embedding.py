@@ -13,6 +13,7 @@ from tfqnet import grid
 from tfqnet._keras import keras
 from tfqnet.convert.raw_input import convert_raw_input
 from tfqnet.layers import PixelEmbedding
+from tfqnet.models import compile_classifier
 
 L = keras.layers
 EDGE_PIXELS = np.array([0, 127, 128, 255])
@@ -122,8 +123,7 @@ def raw_pixel_qat(digits):
     logits = L.Dense(10, name="logits")(x)
     model = keras.Model(image, logits)
     pixels = digits._replace(x_train=to_pixels(digits.x_train), x_test=to_pixels(digits.x_test))
-    model.compile(keras.optimizers.Adam(2e-3),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    compile_classifier(model, 2e-3)
     model.fit(pixels.x_train, pixels.y_train, epochs=5, batch_size=32, verbose=0)
     qat = tfqnet.quantize_model(model, weight_bits=4, activation_bits=4)
     return fine_tune(qat, pixels), pixels
