@@ -11,6 +11,12 @@ def callbacks(qat_model: keras.Model, epochs: int) -> list[keras.callbacks.Callb
 
     Each quantizer type in the model contributes its schedules (temperature annealing,
     bit-width freezing, regularizer ramps, ...) once; the uniform method needs none.
+
+    Under a ``tf.distribute`` strategy Keras runs callbacks once per epoch or batch in
+    cross-replica context (on every worker with MultiWorkerMirroredStrategy, each
+    computing the same value), so a schedule sets its state variables once on every
+    replica. Schedules set absolute values from the epoch index (never ``assign_add``),
+    so they cannot drift between replicas or workers.
     """
     if int(epochs) < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs!r}")

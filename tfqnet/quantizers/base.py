@@ -11,12 +11,30 @@ its state lives in variables of the wrapping layer, so it is saved with the mode
 Quantizers whose state depends on data (step sizes, zero points, thresholds) set it
 from the first training batch they see (``initialized`` flag), as LSQ does; until then
 :func:`tfqnet.convert` refuses the model.
+
+Under ``tf.distribute`` (MirroredStrategy, MultiWorkerMirroredStrategy) the quantizers
+run once per replica on its shard of the global batch. Three rules keep every replica's
+state identical, and equal to a single-device run on the same global batch (up to
+float summation order):
+
+* state variables are made by :meth:`Quantizer.add_state`: ``ON_WRITE`` with
+  ``ONLY_FIRST_REPLICA`` aggregation, so an assignment made in a training step stores
+  the first replica's value on every replica, and one made by a callback (cross-replica
+  context, once per epoch or batch) stores its value everywhere;
+* statistics of data (activation ranges) are taken over the global batch
+  (:meth:`Quantizer.initialize_from_batch` all-gathers each replica's min, max, mean
+  and count), so initial values do not depend on the shard a replica saw;
+* no synchronisation sits inside ``tf.cond``: MirroredStrategy cannot synchronise
+  replicas inside control flow (``merge_call`` raises there), so the first-step branch
+  only computes values; the statistics are gathered and the variables assigned outside
+  it, at every training step (a few scalars per quantizer).
 """
 
 from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Mapping, Sequence
+from typing import NamedTuple
 
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
@@ -29,6 +47,45 @@ _TFMOT_QUANTIZER = tfmot.quantization.keras.quantizers.Quantizer
 def register(cls: type) -> type:
     """Registers a tfqnet class as Keras serializable (`tfqnet>ClassName`)."""
     return keras.utils.register_keras_serializable(package="tfqnet")(cls)
+
+
+class BatchStatistics(NamedTuple):
+    """Scalar statistics of a data tensor over the global batch (every replica's shard)."""
+
+    minimum: tf.Tensor
+    maximum: tf.Tensor
+    mean: tf.Tensor
+
+    @classmethod
+    def of(cls, x: tf.Tensor) -> BatchStatistics:
+        """Statistics of ``x`` as this replica sees it (the global batch on one device)."""
+        x = tf.cast(x, tf.float32)
+        return cls(tf.reduce_min(x), tf.reduce_max(x), tf.reduce_mean(x))
+
+
+def _local_statistics(x: tf.Tensor) -> tf.Tensor:
+    """``[min, max, mean, count]`` of ``x`` on this replica (no gradient)."""
+    x = tf.stop_gradient(tf.cast(x, tf.float32))
+    return tf.stack([*BatchStatistics.of(x), tf.cast(tf.size(x), tf.float32)])
+
+
+def _global_statistics(local: tf.Tensor) -> BatchStatistics:
+    """Combines every replica's ``[min, max, mean, count]`` into the global batch's.
+
+    With one replica (no strategy, or in cross-replica context) the local statistics
+    are the global ones. Otherwise they are all-gathered (exact copies) and reduced in
+    replica order on every replica, so every replica gets identical values: min and
+    max as a single device computes them, the mean up to float summation order.
+    """
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return BatchStatistics(local[0], local[1], local[2])
+    rows = context.all_gather(local[None, :], axis=0)
+    counts = rows[:, 3]
+    # a replica with an empty shard (a last batch smaller than the replicas) has mean NaN
+    weighted = tf.where(counts > 0, rows[:, 2] * counts, 0.0)
+    mean = tf.reduce_sum(weighted) / tf.maximum(tf.reduce_sum(counts), 1.0)
+    return BatchStatistics(tf.reduce_min(rows[:, 0]), tf.reduce_max(rows[:, 1]), mean)
 
 
 class Quantizer(_TFMOT_QUANTIZER, abc.ABC):
@@ -61,13 +118,38 @@ class Quantizer(_TFMOT_QUANTIZER, abc.ABC):
     # --- helpers for subclasses ------------------------------------------------------
 
     @staticmethod
-    def add_initialized_flag(layer: keras.layers.Layer, name: str) -> tf.Variable:
+    def add_state(
+        layer: keras.layers.Layer,
+        name: str,
+        shape: Sequence[int] = (),
+        initializer: keras.initializers.Initializer | str = "zeros",
+        trainable: bool = False,
+    ) -> tf.Variable:
+        """Creates a quantizer state variable of ``layer`` (every tfqnet quantizer's way).
+
+        ``ON_WRITE`` synchronisation with ``ONLY_FIRST_REPLICA`` aggregation: under a
+        ``tf.distribute`` strategy an assignment in a training step (data-initialised
+        step sizes, flags, CRQ's scale) stores the first replica's value on all
+        replicas (identical values even if a kernel, e.g. a GPU segment sum, is not
+        deterministic), and one in cross-replica context (callbacks: temperature, ramps,
+        frozen widths) stores its value on all. Not ``MEAN``: means of integer-valued
+        zero points or 0/1 flags are not what any replica computed. Trainable state
+        (step sizes) is updated by the optimizer from all-reduced gradients as usual;
+        the aggregation only decides replica-context assignments. Without a strategy
+        this is a plain variable.
+        """
         return layer.add_weight(
-            name + "_initialized",
-            shape=(),
-            initializer=keras.initializers.Zeros(),
-            trainable=False,
+            name,
+            shape=tuple(shape),
+            initializer=initializer,
+            trainable=trainable,
+            synchronization=tf.VariableSynchronization.ON_WRITE,
+            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
         )
+
+    @classmethod
+    def add_initialized_flag(cls, layer: keras.layers.Layer, name: str) -> tf.Variable:
+        return cls.add_state(layer, name + "_initialized")
 
     @staticmethod
     def initialize_once(
@@ -79,19 +161,52 @@ class Quantizer(_TFMOT_QUANTIZER, abc.ABC):
         """Reads the state variables ``names``, setting them from data once in training.
 
         ``initial_values`` runs only inside the branch taken on the first training step
-        (a k-means of a kernel is not recomputed every step). In inference mode the
-        variables are returned as they are.
+        (a k-means of a kernel is not recomputed every step). It must give every
+        replica the same values: compute them from weights (mirrored, identical on
+        every replica) or from :class:`BatchStatistics` via
+        :meth:`initialize_from_batch`, never from this replica's shard of the batch.
+        The branch only computes; the variables are assigned after it at every
+        training step (their own value once initialised), because a ``tf.distribute``
+        strategy cannot synchronise the ``ONLY_FIRST_REPLICA`` assignment inside
+        ``tf.cond``. In inference mode the variables are returned as they are.
         """
         if not training:
             return {k: tf.identity(weights[k]) for k in names}
         flag = weights["initialized"]
 
-        def assign() -> tf.Tensor:
-            fresh = {k: tf.stop_gradient(v) for k, v in initial_values().items()}
-            ops = [weights[k].assign(fresh[k]) for k in names] + [flag.assign(1.0)]
-            with tf.control_dependencies(ops):
-                return tf.constant(True)
-
-        done = tf.cond(flag > 0.5, lambda: tf.constant(True), assign)
-        with tf.control_dependencies([done]):
+        def current() -> dict[str, tf.Tensor]:
             return {k: tf.identity(weights[k]) for k in names}
+
+        def fresh() -> dict[str, tf.Tensor]:
+            values = initial_values()
+            return {k: tf.cast(tf.stop_gradient(values[k]), weights[k].dtype) for k in names}
+
+        values = tf.cond(flag > 0.5, current, fresh)
+        ops = [weights[k].assign(values[k]) for k in names] + [flag.assign(1.0)]
+        with tf.control_dependencies(ops):
+            return {k: tf.identity(weights[k]) for k in names}
+
+    @classmethod
+    def initialize_from_batch(
+        cls,
+        weights: Mapping[str, tf.Variable],
+        names: Sequence[str],
+        x: tf.Tensor,
+        initial_values: Callable[[BatchStatistics], Mapping[str, tf.Tensor]],
+        training: bool,
+    ) -> dict[str, tf.Tensor]:
+        """:meth:`initialize_once` from statistics of the data ``x`` (activations).
+
+        ``initial_values`` receives the min, max and mean of ``x`` over the global batch:
+        under a strategy each replica sees only its shard, so the per-replica
+        ``[min, max, mean, count]`` (computed on the first step only) are all-gathered
+        outside the ``tf.cond`` and combined (:func:`_global_statistics`).
+        """
+        if not training:
+            return cls.initialize_once(weights, names, dict, training)
+        flag = weights["initialized"]
+        local = tf.cond(
+            flag > 0.5, lambda: tf.zeros([4], tf.float32), lambda: _local_statistics(x)
+        )
+        statistics = _global_statistics(local)
+        return cls.initialize_once(weights, names, lambda: initial_values(statistics), training)

@@ -176,18 +176,9 @@ class CRQWeightQuantizer(Quantizer):
     def build(self, tensor_shape, name, layer):
         shape = (math.prod(tensor_shape[-self.channel_dims :]),) if self.per_axis else ()
         state = {
-            "alpha": layer.add_weight(
-                name + "_crq_alpha",
-                shape=shape,
-                initializer=keras.initializers.Ones(),
-                trainable=False,
-            ),
-            "ramp": layer.add_weight(
-                name + _RAMP_SUFFIX, shape=(), initializer="zeros", trainable=False
-            ),
-            "hard": layer.add_weight(
-                name + _HARD_SUFFIX, shape=(), initializer="zeros", trainable=False
-            ),
+            "alpha": self.add_state(layer, name + "_crq_alpha", shape, "ones"),
+            "ramp": self.add_state(layer, name + _RAMP_SUFFIX),
+            "hard": self.add_state(layer, name + _HARD_SUFFIX),
             "initialized": self.add_initialized_flag(layer, name),
         }
         kernel = getattr(getattr(layer, "layer", None), name, None)

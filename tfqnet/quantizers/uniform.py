@@ -16,9 +16,8 @@ import math
 import tensorflow as tf
 
 from tfqnet import grid
-from tfqnet._keras import keras
 from tfqnet.quantize.methods import QuantizationMethod, register_method
-from tfqnet.quantizers.base import Quantizer, register
+from tfqnet.quantizers.base import BatchStatistics, Quantizer, register
 
 _MIN_SCALE = 1e-8
 
@@ -54,10 +53,7 @@ class UniformWeightQuantizer(Quantizer):
 
     def build(self, tensor_shape, name, layer):
         shape = (math.prod(tensor_shape[-self.channel_dims :]),) if self.per_axis else ()
-        log_scale = layer.add_weight(
-            name + "_log_scale", shape=shape, initializer=keras.initializers.Zeros(),
-            trainable=True,
-        )
+        log_scale = self.add_state(layer, name + "_log_scale", shape, trainable=True)
         return {"log_scale": log_scale, "initialized": self.add_initialized_flag(layer, name)}
 
     def initial_scale(self, w: tf.Tensor) -> tf.Tensor:
@@ -100,11 +96,11 @@ class UniformActivationQuantizer(Quantizer):
     scaled by ``1 / sqrt(N * (2**bits - 1))`` with N the elements per sample.
 
     The zero point ``z`` is an integer fixed at initialisation (not learned): on the
-    first training batch, ``lo = min(x, 0)``, ``hi = max(x, 0)``,
-    ``s = (hi - lo) / (2**bits - 1)`` (tightened to LSQ's ``2 mean|x - lo| / sqrt(Q)``
-    below 8 bits), ``z = round(-lo / s)``. After ReLU ``z = 0``, so no level is wasted
-    on negative values. A fixed integer ``z`` keeps the deployed zero point exact while
-    ``s`` learns.
+    first training batch (the global batch under ``tf.distribute``),
+    ``lo = min(x, 0)``, ``hi = max(x, 0)``, ``s = (hi - lo) / (2**bits - 1)``
+    (tightened to LSQ's ``2 mean|x - lo| / sqrt(Q)`` below 8 bits),
+    ``z = round(-lo / s)``. After ReLU ``z = 0``, so no level is wasted on negative
+    values. A fixed integer ``z`` keeps the deployed zero point exact while ``s`` learns.
     """
 
     def __init__(self, bits: int = 8):
@@ -115,33 +111,28 @@ class UniformActivationQuantizer(Quantizer):
 
     def build(self, tensor_shape, name, layer):
         return {
-            "log_scale": layer.add_weight(
-                name + "_log_scale", shape=(), initializer=keras.initializers.Zeros(),
-                trainable=True,
-            ),
-            "zero_point": layer.add_weight(
-                name + "_zero_point",
-                shape=(),
-                initializer=keras.initializers.Zeros(),
-                trainable=False,
-            ),
+            "log_scale": self.add_state(layer, name + "_log_scale", trainable=True),
+            "zero_point": self.add_state(layer, name + "_zero_point"),
             "initialized": self.add_initialized_flag(layer, name),
         }
 
-    def initial_state(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+    def initial_state(self, data: tf.Tensor | BatchStatistics) -> dict[str, tf.Tensor]:
+        """Step size and zero point from a batch (a tensor, or its global statistics)."""
+        stats = data if isinstance(data, BatchStatistics) else BatchStatistics.of(data)
         levels = grid.activation_qmax(self.bits)
-        lo = tf.minimum(tf.reduce_min(x), 0.0)
-        hi = tf.maximum(tf.reduce_max(x), 0.0)
+        lo = tf.minimum(stats.minimum, 0.0)
+        hi = tf.maximum(stats.maximum, 0.0)
         scale = (hi - lo) / levels
         if self.bits < 8:
-            scale = tf.minimum(scale, 2.0 * tf.reduce_mean(x - lo) / math.sqrt(levels))
+            # mean(x - lo) = mean(x) - lo: the global mean is all a replica can share
+            scale = tf.minimum(scale, 2.0 * (stats.mean - lo) / math.sqrt(levels))
         scale = tf.maximum(scale, _MIN_SCALE)
         zero_point = tf.clip_by_value(tf.round(-lo / scale), 0.0, levels)
         return {"log_scale": tf.math.log(scale), "zero_point": zero_point}
 
     def __call__(self, inputs, training, weights, **kwargs):
-        state = self.initialize_once(
-            weights, ["log_scale", "zero_point"], lambda: self.initial_state(inputs), training
+        state = self.initialize_from_batch(
+            weights, ["log_scale", "zero_point"], inputs, self.initial_state, training
         )
         zero_point = state["zero_point"]
         if training:
