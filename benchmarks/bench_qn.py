@@ -1,207 +1,246 @@
-"""Quantization Networks on digits: ternary and 3bit_pow2 weights vs TFMOT's
-straight-through ternary, and the QAT step time vs the uniform method.
+"""Issue 3 targets: Quantization Networks ternary and 3bit_pow2 weights on digits vs
+float and vs TFMOT's straight-through quantizers, and the QAT step time vs uniform.
 
-For each seed: train the float digits CNN (seed s), then re-train copies of it
-(8-bit activations everywhere):
+    python -m benchmarks.bench_qn [--seeds 0 1 2] [--float-epochs 30] [--epochs 6]
 
-* ``qn ternary``: ``method="qn", weight_bits=2`` (levels {-1, 0, 1}), the paper's
-  zero band (thresholds at +-0.05 max|beta w|), and ``qn ternary t=0.35`` with a wider
-  one (``ternary_threshold=0.35``);
+For each seed: train the float digits CNN (Adam 1e-3, batch 32, seed s), then re-train
+copies of it for ``--epochs`` epochs (Adam 5e-4, batch 32, seed s + 1, 8-bit
+activations everywhere):
+
+* ``qn ternary``: ``method="qn", weight_bits=2`` with the method's defaults (k-means
+  thresholds, least-squares alpha, ``temperature_step`` 10);
+* ``qn ternary, paper init``: the same with ``ternary_threshold=0.05,
+  alpha_init="paper"`` (the paper's +-0.05 rule and ``alpha = 1 / beta``);
 * ``qn 3bit_pow2``: ``method="qn", weight_bits=4, levels="3bit_pow2"``;
-* ``tfmot ste``: TFMOT's own quantizers, ``LastValueQuantizer(num_bits=2,
-  narrow_range=True, symmetric=True, per_axis=False)`` on Conv2D/Dense kernels
-  (min/max ternary grid, straight-through gradient) and TFMOT's default 8-bit
-  activations (BN folding by TFMOT's default transforms);
-* ``uniform``: ``method="uniform", weight_bits=2`` (LSQ), for the step time.
+* ``uniform W2A8``: ``method="uniform", weight_bits=2`` (LSQ), the step-time reference;
+* ``TFMOT STE ternary``: :func:`benchmarks.baselines.tfmot_ternary`
+  (``LastValueQuantizer(num_bits=2, narrow_range=True, symmetric=True,
+  per_axis=False)`` kernels, straight-through gradient, BN folded);
+* ``TFMOT n-bit W3A8``: TFMOT's experimental n-bit scheme at 3-bit weights, the
+  plain straight-through quantizer at the bits of 3bit_pow2 (7 levels);
+* ``qn ternary, 3x epochs`` and ``TFMOT STE ternary, 3x epochs``: the same with three
+  times the re-training epochs (is QN's gap a matter of budget?).
 
-QN accuracies are measured on the deployed model in the TFLM runtime; the TFMOT
-baseline on its Keras QAT model (TFMOT's 2-bit fake-quant does not deploy to TFLite
-as 2 bits). Step time: median time per batch of the last QAT epoch.
+tfqnet rows: accuracy of the converted model on the TFLM runtime, and its top-1
+agreement with the Keras QAT model. TFMOT rows: accuracy of the Keras QAT model
+(TFMOT's 2- and 3-bit fake-quant does not deploy as 2/3-bit weights).
 
-Run: ``python benchmarks/bench_qn.py [--seeds 0 1 2] [--epochs 6]`` (not run by the tests).
+Step time: the three tfqnet QAT models of each seed are timed interleaved (rounds of
+10 ``train_on_batch`` calls on one batch of 32, after warm-up), so load from other
+processes hits all of them alike; median over all rounds and seeds.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import numpy as np
-import tensorflow_model_optimization as tfmot
 
 import tfqnet
+from benchmarks.baselines import tfmot_n_bit, tfmot_ternary
+from benchmarks.report import markdown_table, write_section
 from tfqnet._keras import keras
 from tfqnet.datasets import load_digits
 from tfqnet.models import compile_classifier, digits_cnn
 
-_tfmot_q = tfmot.quantization.keras
-
-
-class _TernaryConfig(_tfmot_q.QuantizeConfig):
-    """TFMOT's straight-through baseline: 2-bit narrow-range kernels, 8-bit outputs."""
-
-    def __init__(self, attr: str = "kernel"):
-        self.attr = attr
-
-    def get_weights_and_quantizers(self, layer):
-        weight = _tfmot_q.quantizers.LastValueQuantizer(
-            num_bits=2, per_axis=False, symmetric=True, narrow_range=True
-        )
-        return [(getattr(layer, self.attr), weight)]
-
-    def get_activations_and_quantizers(self, layer):
-        activation = _tfmot_q.quantizers.MovingAverageQuantizer(
-            num_bits=8, per_axis=False, symmetric=False, narrow_range=False
-        )
-        return [(layer.activation, activation)]
-
-    def set_quantize_weights(self, layer, quantize_weights):
-        setattr(layer, self.attr, quantize_weights[0])
-
-    def set_quantize_activations(self, layer, quantize_activations):
-        layer.activation = quantize_activations[0]
-
-    def get_output_quantizers(self, layer):
-        return []
-
-    def get_config(self):
-        return {"attr": self.attr}
-
-
-def _fold_bn1(model: keras.Model) -> keras.Model:
-    """The digits CNN with ``bn1`` folded into ``conv1`` (same function in inference).
-
-    TFMOT folds Conv-BN only under its default config; with a custom kernel quantizer
-    it rejects the BatchNormalization, so the baseline gets the folded kernel, as
-    tfqnet's own layout transform does before QAT.
-    """
-    conv, bn = model.get_layer("conv1"), model.get_layer("bn1")
-    gamma, beta, mean, variance = bn.get_weights()
-    factor = gamma / np.sqrt(variance + bn.epsilon)
-    inputs = keras.Input(model.input_shape[1:])
-    folded = keras.layers.Conv2D(16, 3, padding="same", name="conv1")
-    x = folded(inputs)
-    after = False
-    for layer in model.layers:
-        if after:
-            x = layer(x)
-        after = after or layer.name == "bn1"
-    result = keras.Model(inputs, x)
-    folded.set_weights([conv.get_weights()[0] * factor, beta - mean * factor])
-    return result
-
-
-def tfmot_ternary(model: keras.Model) -> keras.Model:
-    model = _fold_bn1(model)
-
-    def annotate(layer):
-        if isinstance(layer, keras.layers.Conv2D | keras.layers.Dense):
-            return _tfmot_q.quantize_annotate_layer(layer, _TernaryConfig())
-        if isinstance(layer, keras.layers.InputLayer):
-            return layer
-        return _tfmot_q.quantize_annotate_layer(layer)
-
-    annotated = keras.models.clone_model(model, clone_function=annotate)
-    with _tfmot_q.quantize_scope({"_TernaryConfig": _TernaryConfig}):
-        return _tfmot_q.quantize_apply(annotated)
-
-
-class _BatchTimer(keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.times: list[float] = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.times = []
-
-    def on_train_batch_begin(self, batch, logs=None):
-        self._start = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.times.append(time.perf_counter() - self._start)
-
+QN_ROWS = {
+    "qn ternary": dict(method="qn", weight_bits=2),
+    "qn ternary, paper init": dict(
+        method="qn", weight_bits=2, ternary_threshold=0.05, alpha_init="paper"
+    ),
+    "qn 3bit_pow2": dict(method="qn", weight_bits=4, levels="3bit_pow2"),
+    "uniform W2A8": dict(method="uniform", weight_bits=2),
+    "qn ternary, 3x epochs": dict(method="qn", weight_bits=2),
+}
+TFMOT_ROWS = {
+    "TFMOT STE ternary": tfmot_ternary,
+    "TFMOT n-bit W3A8": lambda model: tfmot_n_bit(model, weight_bits=3, activation_bits=8),
+    "TFMOT STE ternary, 3x epochs": tfmot_ternary,
+}
+TIMED = ["qn ternary", "qn 3bit_pow2", "uniform W2A8"]
 
 
 def _accuracy(logits: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(logits.argmax(-1) == y))
 
 
-VARIANTS = {
-    "qn ternary": dict(method="qn", weight_bits=2),
-    "qn ternary t=0.35": dict(method="qn", weight_bits=2, ternary_threshold=0.35),
-    "qn 3bit_pow2": dict(method="qn", weight_bits=4, levels="3bit_pow2"),
-    "uniform": dict(method="uniform", weight_bits=2),
-}
+def interleaved_step_times(models: dict, x, y, rounds: int = 8, steps: int = 10) -> dict:
+    """Seconds per ``train_on_batch`` of each model, timed in interleaved rounds."""
+    x, y = x[:32], y[:32]
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for model in models.values():
+        for _ in range(5):
+            model.train_on_batch(x, y)
+    for _ in range(rounds):
+        for name, model in models.items():
+            for _ in range(steps):
+                start = time.perf_counter()
+                model.train_on_batch(x, y)
+                times[name].append(time.perf_counter() - start)
+    return times
 
 
-def run_seed(seed: int, float_epochs: int, epochs: int, k: float) -> dict[str, float]:
-    digits = load_digits()
+def soft_band_share(qat: keras.Model) -> float:
+    """Share of QN-quantized kernel weights in the soft band at the current T.
+
+    A weight is in the band where ``sum_i sig_i (1 - sig_i)`` (``sig_i =
+    sigmoid(T (beta w - b_i))``) is above 1% of its peak 1/4, i.e. ``beta w`` within
+    ~6/T of a threshold: there the soft weight that training sees differs visibly from
+    the hard weight that is deployed.
+    """
+    in_band = total = 0
+    for layer in qat.layers:
+        kernel = next((v for v in layer.weights if v.name.split("/")[-1] == "kernel:0"), None)
+        state = {
+            v.name.split("/")[-1].split(":")[0].removeprefix("kernel_"): v.numpy()
+            for v in layer.weights
+            if v.name.split("/")[-1].startswith("kernel_qn_")
+        }
+        if kernel is None or "qn_log_beta" not in state:
+            continue
+        thresholds, temperature = state["qn_thresholds"], state["qn_weight_temperature"]
+        u = kernel.numpy().reshape(-1, kernel.shape[-1]) * np.exp(state["qn_log_beta"])
+        z = np.clip(temperature * (u[..., None] - thresholds), -60.0, 60.0)
+        sig = 1.0 / (1.0 + np.exp(-z))
+        in_band += int(np.sum((sig * (1.0 - sig)).sum(-1) > 0.01 / 4))
+        total += u.size
+    return in_band / total
+
+
+def run_seed(data, seed: int, float_epochs: int, epochs: int) -> tuple[dict, dict]:
     keras.utils.set_random_seed(seed)
     model = compile_classifier(digits_cnn(), 1e-3)
-    model.fit(digits.x_train, digits.y_train, epochs=float_epochs, batch_size=32, verbose=0)
-    result = {"float": _accuracy(model.predict(digits.x_test, verbose=0), digits.y_test)}
-    for name, kwargs in [*VARIANTS.items(), ("tfmot ste", None)]:
+    model.fit(data.x_train, data.y_train, epochs=float_epochs, batch_size=32, verbose=0)
+    result = {"float": _accuracy(model.predict(data.x_test, verbose=0), data.y_test)}
+    trained = {}
+    for name, make in [*QN_ROWS.items(), *TFMOT_ROWS.items()]:
         keras.utils.set_random_seed(seed + 1)
-        if kwargs is None:
-            qat = tfmot_ternary(model)
-        else:
-            options = {"temperature_step": k} if kwargs["method"] == "qn" else {}
-            qat = tfqnet.quantize_model(model, activation_bits=8, **kwargs, **options)
-        compile_classifier(qat, 5e-4)
-        timer = _BatchTimer()
-        callbacks = [timer] + (tfqnet.callbacks(qat, epochs) if kwargs else [])
-        qat.fit(
-            digits.x_train,
-            digits.y_train,
-            epochs=epochs,
-            batch_size=32,
-            verbose=0,
-            callbacks=callbacks,
+        row_epochs = 3 * epochs if name.endswith("3x epochs") else epochs
+        tfqnet_row = name in QN_ROWS
+        qat = tfqnet.quantize_model(model, activation_bits=8, **make) if tfqnet_row else make(
+            model
         )
-        result[f"{name} step ms"] = 1e3 * float(np.median(timer.times))
-        keras_acc = _accuracy(qat.predict(digits.x_test, verbose=0), digits.y_test)
-        if kwargs is None:
-            result[name] = keras_acc
-            continue
-        flatbuffer = tfqnet.convert(qat, digits.x_train[:100])
-        result[name] = _accuracy(tfqnet.run_tflm(flatbuffer, digits.x_test), digits.y_test)
-        result[f"{name} keras"] = keras_acc
+        compile_classifier(qat, 5e-4)
+        qat.fit(
+            data.x_train, data.y_train, epochs=row_epochs, batch_size=32, verbose=0,
+            callbacks=tfqnet.callbacks(qat, row_epochs) if tfqnet_row else [],
+        )
+        keras_logits = qat.predict(data.x_test, verbose=0)
+        if tfqnet_row:
+            tflm_logits = tfqnet.run_tflm(tfqnet.convert(qat, data.x_train[:200]), data.x_test)
+            result[name] = _accuracy(tflm_logits, data.y_test)
+            result[f"{name} agreement"] = float(
+                np.mean(tflm_logits.argmax(-1) == keras_logits.argmax(-1))
+            )
+        else:
+            result[name] = _accuracy(keras_logits, data.y_test)
+        trained[name] = qat
+        if name == "qn ternary":
+            result["soft band"] = soft_band_share(qat)
         print(f"  seed {seed} {name}: {result[name]:.4f}", flush=True)
-    return result
+    times = interleaved_step_times({n: trained[n] for n in TIMED}, data.x_train, data.y_train)
+    return result, times
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--float-epochs", type=int, default=8)
+    parser.add_argument("--float-epochs", type=int, default=30)
     parser.add_argument("--epochs", type=int, default=6, help="QAT re-training epochs")
-    parser.add_argument("--k", type=float, default=10.0, help="QN temperature_step")
     args = parser.parse_args()
-
-    rows = []
+    data = load_digits()
+    results, times = [], {name: [] for name in TIMED}
+    started = time.time()
     for seed in args.seeds:
         start = time.time()
-        rows.append(run_seed(seed, args.float_epochs, args.epochs, args.k))
-        summary = "  ".join(f"{k} {v:.4f}" for k, v in rows[-1].items() if "ms" not in k)
-        print(f"seed {seed}: {summary}  [{time.time() - start:.0f} s]", flush=True)
+        result, seed_times = run_seed(data, seed, args.float_epochs, args.epochs)
+        results.append(result)
+        for name in TIMED:
+            times[name] += seed_times[name]
+        print(f"seed {seed} done [{time.time() - start:.0f} s]", flush=True)
+
+    def values(key: str) -> list[float]:
+        return [r[key] for r in results]
+
+    def mean_sd(key: str) -> str:
+        return f"{np.mean(values(key)):.4f} ± {np.std(values(key)):.4f}"
+
+    float_acc = float(np.mean(values("float")))
+    step = {name: statistics.median(times[name]) for name in TIMED}
+    rows = [["float", "Keras", mean_sd("float"), "—", "—", "—"]]
+    for name in [*QN_ROWS, *TFMOT_ROWS]:
+        gap = 100 * (np.mean(values(name)) - float_acc)
+        tfqnet_row = name in QN_ROWS
+        rows.append([
+            name,
+            "TFLM" if tfqnet_row else "Keras QAT",
+            mean_sd(name),
+            f"{gap:+.2f}",
+            mean_sd(f"{name} agreement") if tfqnet_row else "—",
+            f"{1e3 * step[name]:.1f}" if name in step else "—",
+        ])
 
     def mean(key: str) -> float:
-        return float(np.mean([r[key] for r in rows]))
+        return float(np.mean(values(key)))
 
-    print(
-        f"\nDigits, {len(rows)} seed(s) {args.seeds}, QAT {args.epochs} epochs, "
-        f"QN k = {args.k:g}; accuracy in % (QN: TFLM runtime; TFMOT: Keras)\n"
+    verdict = lambda ok: "met" if ok else "**missed**"  # noqa: E731
+    ternary, pow2 = mean("qn ternary"), mean("qn 3bit_pow2")
+    ste2, ste3 = mean("TFMOT STE ternary"), mean("TFMOT n-bit W3A8")
+    ratio = step["qn ternary"] / step["uniform W2A8"]
+    ratio_pow2 = step["qn 3bit_pow2"] / step["uniform W2A8"]
+    targets = [
+        ["ternary W2A8 within 2 points of float",
+         f"{100 * (ternary - float_acc):+.2f} points", verdict(ternary >= float_acc - 0.02)],
+        ["ternary better than TFMOT STE ternary",
+         f"{100 * ternary:.2f}% vs {100 * ste2:.2f}% ({100 * (ternary - ste2):+.2f})",
+         verdict(ternary > ste2)],
+        ["3bit_pow2 W4A8 within 1 point of float",
+         f"{100 * (pow2 - float_acc):+.2f} points", verdict(pow2 >= float_acc - 0.01)],
+        ["3bit_pow2 better than TFMOT STE at 3 bits (n-bit W3A8)",
+         f"{100 * pow2:.2f}% vs {100 * ste3:.2f}% ({100 * (pow2 - ste3):+.2f})",
+         verdict(pow2 > ste3)],
+        ["QAT step time <= 1.5x uniform (ternary)",
+         f"{ratio:.2f}x ({1e3 * step['qn ternary']:.1f} vs "
+         f"{1e3 * step['uniform W2A8']:.1f} ms per batch of 32)", verdict(ratio <= 1.5)],
+        ["QAT step time <= 1.5x uniform (3bit_pow2)", f"{ratio_pow2:.2f}x",
+         verdict(ratio_pow2 <= 1.5)],
+    ]
+    body = markdown_table(
+        ["config", "measured on", "accuracy", "vs float (points)", "QAT-vs-TFLM agreement",
+         "step ms"], rows)
+    body += (
+        f"\n\nSeeds {args.seeds}; float {args.float_epochs} epochs, then {args.epochs} "
+        "re-training epochs per row (same float model per seed); digits test split "
+        "(450 images); mean ± std over seeds. Step time: median of interleaved "
+        "`train_on_batch` timings (batch 32) of the timed rows. "
+        f"Wall time of the run: {time.time() - started:.0f} s.\n\n"
     )
-    print("| model | accuracy | gap to float | step time (ms) | vs uniform |")
-    print("|---|---|---|---|---|")
-    print(f"| float | {100 * mean('float'):.2f} | - | - | - |")
-    uniform_ms = mean("uniform step ms")
-    for name in [*VARIANTS, "tfmot ste"]:
-        ms = mean(f"{name} step ms")
-        print(
-            f"| {name} | {100 * mean(name):.2f} | {100 * (mean('float') - mean(name)):+.2f} "
-            f"| {ms:.1f} | {ms / uniform_ms:.2f}x |"
-        )
+    body += markdown_table(["target", "measured", "verdict"], targets)
+    body += (
+        "\n\nWhat the rows say about QN ternary's gap (not a proof of its cause): "
+        f"with 3x the epochs (T up to {30 * args.epochs}) QN ternary is "
+        f"{100 * (mean('qn ternary, 3x epochs') - float_acc):+.2f} points from float, "
+        "still below TFMOT's STE at the same 3x budget "
+        f"({100 * (mean('qn ternary, 3x epochs') - mean('TFMOT STE ternary, 3x epochs')):+.2f}"
+        "), so part of the gap is the short budget. QN trains the soft function: after "
+        f"the last epoch (T = {10 * args.epochs}) {100 * mean('soft band'):.1f}% of the "
+        "ternary kernels' weights were still within ~6/T of a threshold (mean over "
+        "seeds), where the trained soft weight differs from the deployed hard one, "
+        "while an STE trains the deployed function itself. Runs are noisy: QN rows are "
+        "not bit-reproducible from run to run (the TFMOT and uniform rows were; the "
+        "source was not tracked down), and two runs of the same seed differed by up to "
+        "~2 points for QN ternary, so 3 seeds resolve differences of about a point; "
+        "the 3bit_pow2 vs TFMOT W3A8 verdict is within that noise."
+        "\n\nHow the defaults were chosen (and why the paper's initialisation is the "
+        "`paper init` row): see the docstrings of `tfqnet.quantizers.qn`. The paper "
+        "trains for tens of epochs at a temperature step of 5-10; here the re-training "
+        f"is {args.epochs} epochs (T from 10 to {10 * args.epochs}), so the soft forward "
+        "pass never gets as sharp as in the paper, while TFMOT's STE trains the exact "
+        "deployed function from the first step.\n"
+    )
+    write_section("qn", "Quantization Networks (issue 3)", body)
 
 
 if __name__ == "__main__":

@@ -125,6 +125,27 @@ def test_windowed_uniform_sum_matches_the_exact_sum(temperature, window):
     np.testing.assert_allclose(d_windowed, d_exact, atol=temperature * bound + 1e-12)
 
 
+def test_soft_staircase_gradients_match_autodiff_of_the_broadcast_formula():
+    """The closed-form gradients (u, thresholds, temperature) of the unrolled sum."""
+    rng = np.random.default_rng(5)
+    u = tf.constant(rng.normal(size=(40, 3)) * 2.0, tf.float64)
+    thresholds = tf.constant([-1.4, -0.3, 0.2, 1.1], tf.float64)
+    steps = np.array([1.0, 2.0, 1.0, 3.0])
+    temperature = tf.constant(3.7, tf.float64)
+    weight = tf.constant(rng.normal(size=(40, 3)), tf.float64)  # a non-uniform dy
+    results = []
+    for fn in (
+        qn.soft_staircase,
+        lambda u, b, s, t: tf.reduce_sum(s * tf.sigmoid(t * (u[..., None] - b)), -1),
+    ):
+        with tf.GradientTape() as tape:
+            tape.watch([u, thresholds, temperature])
+            loss = tf.reduce_sum(weight * fn(u, thresholds, steps, temperature))
+        results.append([loss, *tape.gradient(loss, [u, thresholds, temperature])])
+    for ours, reference in zip(*results, strict=True):
+        np.testing.assert_allclose(ours.numpy(), reference.numpy(), rtol=1e-10, atol=1e-12)
+
+
 # --- gradients -------------------------------------------------------------------------------
 
 
@@ -221,8 +242,9 @@ def test_activation_gradients_match_finite_differences(bits):
 # --- initialisation --------------------------------------------------------------------------
 
 
-def test_kmeans_initialisation_puts_thresholds_between_centres():
-    levels = qn.LEVEL_SETS["3bit"]
+@pytest.mark.parametrize("levels", [qn.LEVEL_SETS["3bit"], qn.LEVEL_SETS["ternary"]])
+def test_kmeans_initialisation_puts_thresholds_between_centres(levels):
+    """Default initialisation: k-means thresholds (ternary too), least-squares alpha."""
     quantizer = qn.QNWeightQuantizer(levels, per_axis=True)
     rng = np.random.default_rng(2)
     kernel = (rng.standard_t(4, size=(3, 3, 8, 6)) * rng.uniform(0.5, 2.0, size=6)).astype(
@@ -231,20 +253,30 @@ def test_kmeans_initialisation_puts_thresholds_between_centres():
     weights = _built(quantizer, kernel.shape)
     quantizer(tf.constant(kernel), training=True, weights=weights)
     assert float(weights["initialized"]) == 1.0
-    flat = kernel.reshape(-1, 6)
+    flat = kernel.reshape(-1, 6).astype(np.float64)
     beta = np.exp(weights["log_beta"].numpy())
-    np.testing.assert_allclose(beta, 5 * 2 / (4 * np.abs(flat).max(0)), rtol=1e-5)
-    np.testing.assert_allclose(np.exp(weights["log_alpha"].numpy()), 1 / beta, rtol=1e-5)
-    u = (flat * beta).reshape(-1, 1).astype(np.float64)
+    p = max(levels)
+    np.testing.assert_allclose(beta, 5 * p / (4 * np.abs(flat).max(0)), rtol=1e-5)
+    u = (flat * beta).reshape(-1, 1)
     init = np.array(levels, np.float64)[:, None]
-    centres = np.sort(KMeans(5, init=init, n_init=1, tol=0).fit(u).cluster_centers_[:, 0])
+    k = len(levels)
+    centres = np.sort(KMeans(k, init=init, n_init=1, tol=0).fit(u).cluster_centers_[:, 0])
     thresholds = weights["thresholds"].numpy()
     assert np.all(centres[:-1] < thresholds) and np.all(thresholds < centres[1:])
     np.testing.assert_allclose(thresholds, (centres[1:] + centres[:-1]) / 2, atol=1e-3)
+    # alpha: the least-squares scale of each channel's initial hard levels
+    hard = levels[0] + (np.diff(levels) * (flat[..., None] * beta[:, None] >= thresholds)).sum(-1)
+    fitted = (flat * hard).sum(0) / (hard * hard).sum(0)
+    alpha = np.exp(weights["log_alpha"].numpy())
+    np.testing.assert_allclose(alpha, fitted, rtol=1e-4)
+    assert np.all(np.abs(alpha * beta - 1.0) > 1e-3)  # not the paper's 1 / beta
 
 
 def test_ternary_initialisation_rule():
-    quantizer = qn.QNWeightQuantizer(qn.LEVEL_SETS["ternary"], per_axis=False)
+    """The paper's text rule and alpha = 1 / beta, as options."""
+    quantizer = qn.QNWeightQuantizer(
+        qn.LEVEL_SETS["ternary"], per_axis=False, ternary_threshold=0.05, alpha_init="paper"
+    )
     kernel = np.random.default_rng(3).normal(size=(20, 7)).astype(np.float32)
     weights = _built(quantizer, kernel.shape)
     out = quantizer(tf.constant(kernel), training=True, weights=weights)
@@ -254,6 +286,10 @@ def test_ternary_initialisation_rule():
     # +-0.05 of the scaled range max|beta w| = 1.25
     np.testing.assert_allclose(weights["thresholds"].numpy(), [-0.0625, 0.0625], rtol=1e-5)
     assert out.shape == kernel.shape
+    with pytest.raises(ValueError, match="alpha_init"):
+        qn.QNWeightQuantizer(alpha_init="ones")
+    with pytest.raises(ValueError, match="ternary_threshold"):
+        qn.QNWeightQuantizer(ternary_threshold=1.5)
 
 
 # --- method options --------------------------------------------------------------------------
