@@ -3,6 +3,7 @@
 from tfqnet.quantizers.base import Quantizer
 from tfqnet.quantizers.crq import CRQMethod  # noqa: F401  (registers method "crq")
 from tfqnet.quantizers.qn import QNMethod  # noqa: F401  (registers method "qn")
+from tfqnet.quantizers.srq import SRQMethod  # noqa: F401  (registers method "srq")
 from tfqnet.quantizers.uniform import UniformActivationQuantizer, UniformWeightQuantizer
 
 __all__ = ["Quantizer", "UniformActivationQuantizer", "UniformWeightQuantizer"]

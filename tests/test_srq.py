@@ -1,0 +1,297 @@
+"""Semi-Relaxed Quantization (``method="srq"``): the mode forward and relaxed backward,
+DropBits, learned bit-widths and their penalty/budget, freezing, and the export."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfqnet
+from tests.helpers import fine_tune, top1_agreement
+from tfqnet import grid
+from tfqnet._keras import keras
+from tfqnet.errors import ConversionError
+from tfqnet.models import compile_classifier
+from tfqnet.quantize.api import quantizers_of
+from tfqnet.quantizers import srq
+
+# kernel sizes of the digits CNN: conv1, conv2, fc1, logits
+SIZES = {"conv1": 144, "conv2": 4608, "fc1": 32768, "logits": 640}
+ALL_INT4_BYTES = sum(n // 2 for n in SIZES.values())
+
+
+def _built(quantizer, shape, state: dict | None = None):
+    """Builds ``quantizer`` on a bare layer, sets its state, marks it initialized."""
+    layer = keras.layers.Layer()
+    weights = quantizer.build(tf.TensorShape(shape), "w", layer)
+    for name, value in (state or {}).items():
+        weights[name].assign(np.asarray(value, np.float32))
+    weights["initialized"].assign(1.0)
+    return weights
+
+
+def _sigmoid(z):
+    return 0.5 * (1.0 + np.tanh(0.5 * z))
+
+
+def _relaxed(x, step, qmax, ratio):
+    """The relaxed expectation ``step * (-qmax + sum_j F((x/step - t_j)/ratio))`` over
+    all midpoints ``t_j`` (no window), in float64; and its d/dx."""
+    t = np.arange(-qmax, qmax) + 0.5
+    s = _sigmoid((x[:, None] / step - t) / ratio)
+    return step * (s.sum(-1) - qmax), (s * (1.0 - s)).sum(-1) / ratio
+
+
+def _window_error(ratio):
+    """Bound on d/dx of the midpoints the window leaves out (all > WINDOW steps away)."""
+    z = srq.WINDOW / ratio
+    return 2.0 * _sigmoid(z) * (1.0 - _sigmoid(z)) / ratio / (1.0 - np.exp(-1.0 / ratio))
+
+
+# --- the semi-relaxed quantizer --------------------------------------------------------------
+
+
+def test_forward_is_round_to_nearest_and_gradients_reach_x_alpha_sigma():
+    quantizer = srq.SRQWeightQuantizer(4, per_axis=False, drop_probability=0.0)
+    step, ratio = 0.1, 0.3
+    weights = _built(quantizer, (801,), {"log_alpha": np.log(step), "log_sigma": np.log(ratio)})
+    x = tf.constant(np.linspace(-1.0, 1.0, 801) + 1e-3 * np.pi, tf.float32)  # no exact ties
+    coefficients = np.random.default_rng(0).normal(size=801).astype(np.float32)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        out = quantizer(x, training=True, weights=weights)
+        loss = tf.reduce_sum(out * coefficients)
+        total = tf.reduce_sum(out)
+    expected = step * np.clip(np.floor(x.numpy() / step + 0.5), -7, 7)
+    np.testing.assert_allclose(out.numpy(), expected, atol=1e-6)
+    # inference: the same values, emitted through the export grid
+    np.testing.assert_allclose(
+        quantizer(x, training=False, weights=weights).numpy(), expected, atol=1e-6
+    )
+    # d out/dx is the relaxed expectation's (multi-class STE), not 0 and not 1
+    dx = tape.gradient(total, x).numpy()
+    xs = x.numpy().astype(np.float64)
+    np.testing.assert_allclose(dx, _relaxed(xs, step, 7, ratio)[1], rtol=0,
+                               atol=_window_error(ratio) + 1e-5)
+    assert dx.max() > 1.0 and dx[np.abs(x.numpy()) < 0.6].min() > 0.5 and dx[-1] < 1e-3
+    # alpha and sigma get the gradient of the relaxed expectation (finite differences)
+    def relaxed_loss(log_step, log_ratio):
+        expectation = _relaxed(xs, np.exp(log_step), 7, np.exp(log_ratio))[0]
+        return float((expectation * coefficients).sum())
+
+    h = 1e-4
+    for name, args in (("log_alpha", (h, 0.0)), ("log_sigma", (0.0, h))):
+        base = np.log([step, ratio])
+        numeric = (relaxed_loss(*(base + args)) - relaxed_loss(*(base - args))) / (2 * h)
+        grad = float(tape.gradient(loss, weights[name]))
+        assert abs(numeric) > 1e-3
+        np.testing.assert_allclose(grad, numeric, rtol=0.05)  # the window truncates
+
+
+def test_per_channel_kernel_rounds_each_channel_on_its_own_step():
+    quantizer = srq.SRQWeightQuantizer(3, per_axis=True, drop_probability=0.0)
+    steps = np.array([0.05, 0.2, 0.5], np.float32)
+    weights = _built(quantizer, (3, 3, 2, 3), {"log_alpha": np.log(steps)})
+    kernel = np.random.default_rng(0).normal(0, 0.4, (3, 3, 2, 3)).astype(np.float32)
+    out = quantizer(tf.constant(kernel), training=True, weights=weights).numpy()
+    np.testing.assert_allclose(out, steps * np.clip(np.floor(kernel / steps + 0.5), -3, 3),
+                               atol=1e-6)
+
+
+def test_activation_quantizer_rounds_with_its_zero_point():
+    quantizer = srq.SRQActivationQuantizer(4, drop_probability=0.0)
+    weights = _built(quantizer, (None, 500), {"log_alpha": np.log(0.25), "zero_point": 3.0})
+    x = tf.constant(np.linspace(-2.0, 4.5, 500, dtype=np.float32)[None] + 1e-3 * np.pi)
+    expected = 0.25 * (np.clip(np.floor(x.numpy() / 0.25 + 0.5) + 3, 0, 15) - 3)
+    np.testing.assert_allclose(quantizer(x, training=True, weights=weights).numpy(), expected,
+                               atol=1e-6)
+    np.testing.assert_allclose(quantizer(x, training=False, weights=weights).numpy(), expected,
+                               atol=1e-6)
+
+
+# --- DropBits ----------------------------------------------------------------------------------
+
+
+def test_dropbits_changes_training_outputs_only():
+    x = tf.constant(np.linspace(-1.0, 1.0, 301) + 1e-3 * np.pi, tf.float32)
+    state = {"log_alpha": np.log(0.02)}
+    dropping = srq.SRQWeightQuantizer(6, per_axis=False, drop_probability=0.5)
+    plain = srq.SRQWeightQuantizer(6, per_axis=False, drop_probability=0.0)
+    w_drop, w_plain = _built(dropping, (301,), state), _built(plain, (301,), state)
+    full = plain(x, training=True, weights=w_plain).numpy()
+    tf.random.set_seed(0)
+    seen = set()
+    for _ in range(40):
+        out = dropping(x, training=True, weights=w_drop).numpy()
+        # always round-to-nearest on the 6-, 5- or 4-bit grid (0, 1 or 2 bits dropped)
+        matches = [b for b in (6, 5, 4) if np.allclose(
+            out, 0.02 * 2 ** (6 - b) * np.clip(np.floor(x.numpy() / (0.02 * 2 ** (6 - b)) + 0.5),
+                                              -grid.weight_qmax(b), grid.weight_qmax(b)),
+            atol=1e-6)]
+        assert len(matches) == 1
+        seen.add(matches[0])
+    assert seen == {6, 5, 4}
+    for _ in range(3):
+        np.testing.assert_array_equal(dropping(x, training=False, weights=w_drop).numpy(),
+                                      plain(x, training=False, weights=w_plain).numpy())
+    np.testing.assert_allclose(plain(x, training=False, weights=w_plain).numpy(), full,
+                               atol=1e-6)
+
+
+def test_zero_drop_probability_is_the_plain_semi_relaxed_quantizer():
+    quantizer = srq.SRQWeightQuantizer(5, per_axis=False, drop_probability=0.0)
+    weights = _built(quantizer, (257,), {"log_alpha": np.log(0.07)})
+    x = tf.constant(np.linspace(-1.5, 1.5, 257), tf.float32)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        layer_out = quantizer(x, training=True, weights=weights)
+        ratio = srq._SRQQuantizer._sigma_ratio(weights["log_sigma"])
+        plain_out = srq.semi_relaxed_quantize(x, tf.exp(weights["log_alpha"]), -15, 30, ratio)
+    np.testing.assert_array_equal(layer_out.numpy(), plain_out.numpy())
+    for target in (x, weights["log_alpha"], weights["log_sigma"]):
+        np.testing.assert_allclose(tape.gradient(layer_out, target).numpy(),
+                                   tape.gradient(plain_out, target).numpy(), rtol=1e-6)
+
+
+def test_drop_mask_frequencies():
+    tf.random.set_seed(1)
+    masks = np.stack([srq.drop_mask(2, 0.3).numpy() for _ in range(1000)])
+    # keep flags, lowest-order bit last: P(lowest dropped) = p, P(both dropped) = p**2
+    assert abs((masks[:, 1] == 0).mean() - 0.3) < 0.045  # 3 standard errors
+    assert abs((masks[:, 0] == 0).mean() - 0.09) < 0.03
+    assert not np.any((masks[:, 0] == 0) & (masks[:, 1] == 1))  # only the lowest bits drop
+
+
+# --- learned widths -------------------------------------------------------------------------
+
+
+def test_gates_ladder_and_hard_concrete_probability():
+    assert srq.ladder_width(np.array([1, 1, 0, 1])) == 4
+    assert float(srq.ladder_width(tf.constant([True, True, True, False]))) == 5
+    tf.random.set_seed(2)
+    logits = tf.constant([-1.0, 0.5, 2.0])
+    samples = srq.hard_concrete_sample(tf.tile(logits[None], [4000, 1])).numpy()
+    assert samples.min() == 0.0 and samples.max() == 1.0
+    np.testing.assert_allclose((samples > 0).mean(0), srq.nonzero_probability(logits).numpy(),
+                               atol=0.03)
+
+
+def test_learned_width_sets_grid_and_container():
+    quantizer = srq.SRQWeightQuantizer(8, per_axis=False, learn_bits=True, bit_penalty=1.0)
+    gates = np.array([3, 3, -2, 3, 3, 3], np.float32) / quantizer.gate_speed  # width 4
+    weights = _built(quantizer, (200,), {"log_alpha": np.log(0.01), "gate_v": gates})
+    x = tf.constant(np.linspace(-1.0, 1.0, 200) + 1e-3 * np.pi, tf.float32)
+    assert quantizer.width() == 4 and quantizer.frozen_width() is None
+    assert quantizer.container_bits() == 8  # not frozen: int8 holds any width
+    out = quantizer(x, training=False, weights=weights).numpy()
+    step4 = 0.01 * 2**4
+    np.testing.assert_allclose(out, step4 * np.clip(np.floor(x.numpy() / step4 + 0.5), -7, 7),
+                               atol=1e-6)
+    weights["frozen_bits"].assign(4.0)
+    assert quantizer.frozen_width() == 4 and quantizer.container_bits() == 4
+
+
+@pytest.fixture(scope="module")
+def penalised(float_digits_model, digits):
+    """Widths learned from 4 bits under a weak and a strong bit penalty (32 batches
+    each, fast gates; 4, not 8, bits keep the training graph and the test small)."""
+    models = {}
+    for penalty in (1e-4, 0.5):
+        qat = tfqnet.quantize_model(float_digits_model, "srq", 4, 8, bit_penalty=penalty,
+                                    gate_speed=400.0)
+        keras.utils.set_random_seed(1)
+        compile_classifier(qat, 5e-4).fit(
+            digits.x_train[:1024], digits.y_train[:1024], epochs=1, batch_size=32, verbose=0,
+            callbacks=tfqnet.callbacks(qat, 1),
+        )
+        models[penalty] = qat
+    return models
+
+
+def test_stronger_bit_penalty_learns_fewer_bits(penalised):
+    weak, strong = (
+        {k: v["weight_bits"] for k, v in srq.bit_width_report(penalised[p]).as_dict().items()}
+        for p in (1e-4, 0.5)
+    )
+    assert sum(strong.values()) < sum(weak.values())
+    assert strong["fc1"] < weak["fc1"]
+    assert all(2 <= b <= 4 for b in (*weak.values(), *strong.values()))
+
+
+def test_impossible_budget_fails_before_training(float_digits_model):
+    qat = tfqnet.quantize_model(float_digits_model, "srq", 3, 8,
+                                target_weight_kb=(ALL_INT4_BYTES - 1) / 1024)
+    with pytest.raises(ValueError, match="target_weight_kb=.*below the smallest"):
+        tfqnet.callbacks(qat, 2)
+
+
+def test_bad_options_are_refused(float_digits_model):
+    with pytest.raises(ValueError, match="drop_probability"):
+        tfqnet.quantize_model(float_digits_model, "srq", 4, 8, drop_probability=1.5)
+    with pytest.raises(ValueError, match="target_weight_kb"):
+        tfqnet.quantize_model(float_digits_model, "srq", 4, 8, target_weight_kb=-1)
+
+
+# --- end to end -------------------------------------------------------------------------------
+
+
+BUDGET_BYTES = ALL_INT4_BYTES + 2500  # room for conv2 in int8, not for fc1
+
+
+@pytest.fixture(scope="module")
+def budgeted(float_digits_model, digits):
+    # 5 bits: the smallest width above the INT4 container keeps the graph small
+    qat = tfqnet.quantize_model(float_digits_model, "srq", 5, 8,
+                                target_weight_kb=BUDGET_BYTES / 1024, gate_speed=400.0)
+    fine_tune(qat, digits, epochs=1)  # widths frozen (and fitted to the budget) at its end
+    return qat, tfqnet.convert(qat, digits.x_train)
+
+
+def test_budget_is_respected_by_the_flatbuffer(budgeted):
+    qat, flatbuffer = budgeted
+    report = tfqnet.bit_width_report(qat)
+    model = tfqnet.FlatbufferModel.from_bytes(flatbuffer)
+    assert model.weight_bytes() <= BUDGET_BYTES
+    assert model.weight_bytes() == report.total_bytes == sum(
+        r["weight_bytes"] for r in report.rows)
+    rows = report.as_dict()
+    assert set(rows) == set(SIZES) and rows["fc1"]["weight_bits"] <= 4
+    assert report.budget_bytes == BUDGET_BYTES
+    assert abs(sum(r["budget_share"] for r in rows.values()) - report.total_bytes
+               / BUDGET_BYTES) < 1e-9
+    assert "| fc1 |" in report.table() and "budget" in report.table()
+    # every kernel in its width's container, its codes inside the width's range
+    for tensor in model.weight_tensors():
+        size = int(np.prod(tensor.shape))
+        name = next(k for k, n in SIZES.items() if n == size)
+        bits = rows[name]["weight_bits"]
+        assert tensor.type == ("INT4" if bits <= 4 else "INT8"), (name, bits, tensor.type)
+        assert np.abs(model.constant_values(tensor)).max() <= grid.weight_qmax(bits)
+
+
+def test_budgeted_model_agrees_with_tflm(budgeted, digits):
+    qat, flatbuffer = budgeted
+    assert top1_agreement(qat, flatbuffer, digits.x_test) >= 0.99
+    accuracy = np.mean(tfqnet.run_tflm(flatbuffer, digits.x_test).argmax(-1) == digits.y_test)
+    assert accuracy > 0.9
+
+
+def test_widths_are_frozen_and_survive_a_config_round_trip(budgeted):
+    qat, _ = budgeted
+    learned = [q for q in quantizers_of(qat) if isinstance(q, srq.SRQWeightQuantizer)]
+    assert learned and all(q.frozen_width() == q.width() for q in learned)
+    clone = srq.SRQWeightQuantizer.from_config(learned[0].get_config())
+    assert clone == learned[0] and clone.learn_bits
+
+
+def test_convert_refuses_unfrozen_widths(budgeted, digits):
+    qat, _ = budgeted
+    frozen = {id(q): q.frozen_width() for q in srq._learned(qat)}
+    for quantizer in srq._learned(qat):
+        quantizer._state["frozen_bits"].assign(0.0)  # unfreeze
+    with pytest.raises(ConversionError, match="freeze_bit_widths"):
+        tfqnet.convert(qat, digits.x_train[:20])
+    report = srq.freeze_bit_widths(qat)  # the same projection as the freeze callback's
+    assert {id(q): q.frozen_width() for q in srq._learned(qat)} == frozen
+    assert report.total_bytes <= BUDGET_BYTES
