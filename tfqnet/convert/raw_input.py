@@ -1,49 +1,86 @@
-"""Converting models that take raw 8-bit pixels (a :class:`~tfqnet.layers.PixelEmbedding`
-first layer) to integer flatbuffers whose input tensor is the raw image.
+"""How :func:`tfqnet.convert` deploys a model that takes raw 8-bit pixels (its input
+feeds :class:`~tfqnet.layers.PixelEmbedding` layers): the flatbuffer's input tensor is
+the raw image, uint8 or int8 (``pixel - 128``).
 
-:func:`tfqnet.convert` calibrates with float samples, so it cannot convert a model with
-an integer input, and the TF 2.21 converter has no TFLM-runnable way from a uint8
-input to int32 table indices (it emits CAST uint8->int32, which TFLM lacks, or a
-float DEQUANTIZE + CAST pair). This module therefore
+The TF 2.21 converter has no TFLM-runnable way from a uint8 input to int32 table
+indices (it emits CAST uint8->int32, which TFLM lacks, or a float DEQUANTIZE + CAST
+pair). So ``convert``
 
-1. rebuilds the QAT model on an int8 input (``pixel - 128``; the embedding indexes it
-   with CAST int8->int32 + ADD 128), converts that with int8 calibration samples, and
+1. converts the QAT model rebuilt on an int8 input (``pixel - 128``; the embedding
+   indexes it with CAST int8->int32 + ADD 128), calibrated with int8 codes
+   (:func:`int8_input_model`), and
 2. for ``input_type="uint8"`` puts a QUANTIZE uint8 (scale 1, zero point 0) -> int8
    (scale 1, zero point -128) in front: exactly ``pixel - 128``, the op the converter
-   itself emits for uint8 model inputs.
+   itself emits for uint8 model inputs (:func:`prepend_uint8_input`).
 """
 
 from __future__ import annotations
-
-import logging
-from collections.abc import Iterator
 
 import flatbuffers
 import numpy as np
 import tensorflow as tf
 from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
 
-from tfqnet._keras import keras, require_tf_keras_model
-from tfqnet.convert.flatbuffer import FlatbufferModel
-from tfqnet.convert.tflite import IO_TYPES, MAX_REPRESENTATIVE_SAMPLES, _check_initialized
+from tfqnet._keras import keras
 from tfqnet.errors import ConversionError
+from tfqnet.layers import INT8_OFFSET, TABLE_ROWS
 
 
-def _raw_input_model(qat_model: keras.Model) -> keras.Model:
-    """``qat_model`` rebuilt on an int8 input (same layers' configs and weights)."""
-    if len(qat_model.inputs) != 1:
-        raise ValueError("convert_raw_input supports models with one (image) input.")
+def _raw_pixel_layers(model: keras.Model) -> list[keras.layers.Layer] | None:
+    """The layers reading the model input if all take raw pixels (else None)."""
     consumers = [
         getattr(node.outbound_layer, "layer", node.outbound_layer)
-        for layer in qat_model.layers
+        for layer in model.layers
         if isinstance(layer, keras.layers.InputLayer)
         for node in layer._outbound_nodes
     ]
-    if not consumers or not all(getattr(c, "takes_raw_input", False) for c in consumers):
+    if consumers and all(getattr(c, "takes_raw_input", False) for c in consumers):
+        return consumers
+    return None
+
+
+def takes_raw_pixels(model: keras.Model) -> bool:
+    """True if the model's input feeds only raw-pixel layers (PixelEmbedding)."""
+    return _raw_pixel_layers(model) is not None
+
+
+def default_input_type(model: keras.Model) -> str:
+    """The embedding's ``input_dtype`` (uint8 if the model mixes them)."""
+    dtypes = {layer.input_dtype for layer in _raw_pixel_layers(model) or []}
+    return dtypes.pop() if len(dtypes) == 1 else "uint8"
+
+
+def int8_input_model(
+    qat_model: keras.Model, samples: list[np.ndarray], input_type: str
+) -> tuple[keras.Model, list[np.ndarray]]:
+    """``qat_model`` on an int8 (``pixel - 128``) input, and ``samples`` as int8 codes.
+
+    ``samples`` are what the Keras model takes: uint8-encoded pixels 0..255 or int8
+    codes -128..127, by the Keras input's dtype (for a float input: the embedding's
+    ``input_dtype``).
+    """
+    if input_type not in ("uint8", "int8"):
         raise ValueError(
-            "convert_raw_input needs a model whose input feeds only raw-pixel layers "
-            "(tfqnet.layers.PixelEmbedding); use tfqnet.convert for other models."
+            "this model takes raw pixels (tfqnet.PixelEmbedding): convert it with "
+            f"input_type 'uint8' (pixels) or 'int8' (pixel - 128), not {input_type!r}."
         )
+    if len(qat_model.inputs) != 1:
+        raise ValueError("a raw-pixel model must have one (image) input.")
+    keras_dtype = qat_model.inputs[0].dtype
+    encoding = keras_dtype.name if keras_dtype.is_integer else default_input_type(qat_model)
+    low = -INT8_OFFSET if encoding == "int8" else 0
+    values = np.round(samples[0])
+    if values.min() < low or values.max() > low + TABLE_ROWS - 1:
+        raise ValueError(
+            f"representative_data must be what the model takes: {encoding} pixels in "
+            f"{low}..{low + TABLE_ROWS - 1}, got values in {values.min():g}..{values.max():g}."
+        )
+    codes = (values - low - INT8_OFFSET).astype(np.int8)
+    return _int8_input_model(qat_model), [codes]
+
+
+def _int8_input_model(qat_model: keras.Model) -> keras.Model:
+    """``qat_model`` rebuilt on an int8 input (same layers' configs and weights)."""
     if qat_model.inputs[0].dtype == tf.int8:
         return qat_model
     from tfqnet.quantize import quantize_scope
@@ -127,64 +164,3 @@ def _per_tensor(scale: float, zero_point: int) -> schema.QuantizationParametersT
     params.zeroPoint = [zero_point]
     return params
 
-
-def convert_raw_input(
-    qat_model: keras.Model,
-    representative_pixels: np.ndarray,
-    input_type: str | None = None,
-    output_type: str = "int8",
-) -> bytes:
-    """Converts a trained QAT model with a PixelEmbedding first layer (see module doc).
-
-    Args:
-      qat_model: a model from :func:`tfqnet.quantize_model` whose input feeds only
-        PixelEmbedding layers (its Keras input may be uint8, int8 or float pixels).
-      representative_pixels: raw pixel values 0..255 (any numeric dtype), N images;
-        they only matter for layers that were skipped during QAT.
-      input_type: "uint8" (raw pixels) or "int8" (``pixel - 128``); default: the
-        embedding's ``input_dtype``.
-      output_type: "int8", "uint8" or "float32".
-    """
-    require_tf_keras_model(qat_model, "qat_model")
-    if input_type is None:
-        embeddings = [getattr(lyr, "layer", lyr) for lyr in qat_model.layers]
-        dtypes = {e.input_dtype for e in embeddings if getattr(e, "takes_raw_input", False)}
-        input_type = dtypes.pop() if len(dtypes) == 1 else "uint8"
-    if input_type not in ("uint8", "int8"):
-        raise ValueError(f"input_type must be 'uint8' or 'int8', got {input_type!r}.")
-    if output_type not in IO_TYPES:
-        raise ValueError(f"output_type must be one of {sorted(IO_TYPES)}, got {output_type!r}.")
-    pixels = np.asarray(representative_pixels)
-    if pixels.size == 0 or pixels.min() < 0 or pixels.max() > 255:
-        raise ValueError("representative_pixels must be raw pixel values in 0..255.")
-    _check_initialized(qat_model)
-    model = _raw_input_model(qat_model)
-    codes = (np.round(pixels[:MAX_REPRESENTATIVE_SAMPLES]).astype(np.int32) - 128).astype(np.int8)
-
-    def representative() -> Iterator[list[np.ndarray]]:
-        for i in range(codes.shape[0]):
-            yield [codes[i : i + 1]]
-
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = representative
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.int8
-    converter.inference_output_type = IO_TYPES[output_type]
-    absl_level = logging.getLogger("absl").level
-    logging.getLogger("absl").setLevel(logging.ERROR)
-    try:
-        flatbuffer = converter.convert()
-    except Exception as error:
-        raise ConversionError(f"the TFLite converter failed: {error}") from error
-    finally:
-        logging.getLogger("absl").setLevel(absl_level)
-    if input_type == "uint8":
-        flatbuffer = prepend_uint8_input(flatbuffer)
-
-    parsed = FlatbufferModel.from_bytes(flatbuffer)
-    allowed = set(parsed.outputs) if output_type == "float32" else set()
-    floats = [t.name for t in parsed.float_tensors() if t.index not in allowed]
-    if floats:
-        raise ConversionError(f"the converted model still computes in float: {floats[:3]}")
-    return bytes(flatbuffer)
