@@ -17,6 +17,7 @@ from tests.micro_helpers import (
 )
 from tfqnet.cli import main
 from tfqnet.micro.c_arrays import align_flatbuffer, parse_c_byte_array
+from tfqnet.micro.model_file import MAX_MODEL_BYTES
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = ["digits_model_data.h", "digits_model_data.cc", "digits_op_resolver.h",
@@ -122,3 +123,78 @@ def test_check_against_saved_keras_models(work, float_digits_model, digits, caps
     assert main([*base, "--keras", str(bad)]) == 1
     assert "top-1 agreement" in capsys.readouterr().out
     assert main([*base, "--keras", str(work / "nope.keras")]) == 2
+
+
+def _one_error_line(capsys) -> str:
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tfqnet: error:"), captured.err
+    assert "Traceback" not in captured.err + captured.out
+    return lines[0]
+
+
+def test_huge_directory_and_foreign_files_are_named(work, capsys, tmp_path):
+    huge = tmp_path / "huge.tflite"
+    with open(huge, "wb") as handle:  # sparse: no disk space used
+        handle.truncate(MAX_MODEL_BYTES + 1)
+    assert main(["check", str(huge)]) == 2
+    assert "more than the micro tools accept" in _one_error_line(capsys)
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    (saved / "saved_model.pb").write_bytes(b"\x08\x01")
+    assert main(["export-c", str(saved), "--out", str(tmp_path / "c"), "--name", "m"]) == 2
+    assert "directory (a SavedModel?)" in _one_error_line(capsys)
+    h5 = tmp_path / "model.h5"
+    h5.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(64))
+    assert main(["check", str(h5)]) == 2
+    assert "HDF5" in _one_error_line(capsys)
+    assert not (tmp_path / "c").exists()
+
+
+def test_bad_inputs_and_out_paths_fail_before_work(work, capsys, tmp_path):
+    model = str(work / "digits.tflite")
+    nan = tmp_path / "nan.npy"
+    values = np.zeros((2, 8, 8, 1), np.float32)
+    values[1, 0, 0, 0] = np.nan
+    np.save(nan, values)
+    assert main(["export-c", model, "--out", str(tmp_path / "c"), "--name", "d",
+                 "--inputs", str(nan)]) == 2
+    assert "NaN" in _one_error_line(capsys)
+    (tmp_path / "not_npy.npy").write_bytes(b"garbage")
+    assert main(["check", model, "--data", str(tmp_path / "not_npy.npy")]) == 2
+    assert "as a .npy array" in _one_error_line(capsys)
+    (tmp_path / "afile").write_text("x")
+    assert main(["export-c", model, "--out", str(tmp_path / "afile"), "--name", "d"]) == 2
+    assert "is a file" in _one_error_line(capsys)
+    assert main(["check", model, "--json", str(tmp_path / "no" / "dir.json")]) == 2
+    assert "does not exist" in _one_error_line(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "nan.npy", "not_npy.npy"]
+
+
+def test_bad_file_is_answered_without_loading_tensorflow(work):
+    """The speed of the answer: no TensorFlow import (seconds) before validation."""
+    script = ("import sys; from tfqnet.cli import main; "
+              f"code = main(['check', {str(work / 'junk.tflite')!r}]); "
+              "print(code, 'tensorflow' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+    assert proc.stdout.split() == ["2", "False"], proc.stderr
+    assert proc.stderr.count("\n") == 1 and "not a valid TFLite model" in proc.stderr
+
+
+def test_internal_errors_are_one_line(monkeypatch, work, capsys):
+    from tfqnet import cli
+
+    def broken(path):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(cli, "_read_model", broken)
+    monkeypatch.delenv("TFQNET_TRACEBACK", raising=False)
+    assert main(["check", str(work / "digits.tflite")]) == cli.EXIT_INTERNAL
+    assert "internal error: ZeroDivisionError: a bug" in _one_error_line(capsys)
+
+
+def test_data_of_the_wrong_shape_is_a_usage_error(work, capsys, tmp_path):
+    np.save(tmp_path / "wide.npy", np.zeros((3, 8, 9, 1), np.float32))
+    assert main(["check", str(work / "digits.tflite"), "--data", str(tmp_path / "wide.npy")]) == 2
+    assert "shape (8, 9, 1)" in _one_error_line(capsys)

@@ -5,18 +5,22 @@ the subcommands, after the model file has been read and validated, so a wrong pa
 or a corrupt file is answered with one line on stderr and exit code 2.
 
 Exit codes: 0 ok, 1 a check failed (or the model cannot run on TFLM), 2 bad input
-(unreadable/corrupt file, refusing to overwrite, bad arguments).
+(unreadable/corrupt file, refusing to overwrite, bad arguments), 70 a bug in tfqnet
+(one line; ``TFQNET_TRACEBACK=1`` shows the traceback). Outputs are written
+atomically (tfqnet._files) and never over existing files without ``--force``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_INTERNAL = 70  # sysexits EX_SOFTWARE: a bug in tfqnet
 DEFAULT_VECTORS = 4
 
 
@@ -33,19 +37,17 @@ def _progress(message: str) -> None:
 
 
 def _read_model(path: str):
-    from tfqnet.convert.flatbuffer import FlatbufferModel
+    """(bytes, FlatbufferModel) of a .tflite file, validated without TensorFlow or
+    native code (see tfqnet.micro.model_file), or a one-line usage error."""
     from tfqnet.errors import InvalidModelFileError
+    from tfqnet.micro.model_file import read_model_file
 
     try:
-        data = Path(path).read_bytes()
-    except OSError as error:
-        raise _UsageError(f"cannot read {path}: {error.strerror or error}") from None
-    if not data:
-        raise _UsageError(f"{path} is empty, not a TFLite model")
-    try:
-        return data, FlatbufferModel.from_bytes(data)
+        return read_model_file(path)
     except InvalidModelFileError as error:
         raise _UsageError(f"{path} is not a valid TFLite model: {error}") from None
+    except OSError as error:
+        raise _UsageError(f"cannot read {path}: {error.strerror or error}") from None
 
 
 def _read_npy(path: str):
@@ -53,16 +55,25 @@ def _read_npy(path: str):
 
     try:
         array = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as error:
-        raise _UsageError(f"cannot read {path} as a .npy array: {error}") from None
+    except (OSError, ValueError, EOFError) as error:
+        raise _UsageError(f"cannot read {path} as a .npy array: "
+                          f"{str(error).splitlines()[0] if str(error) else error}") from None
     if not isinstance(array, np.ndarray) or array.ndim < 1 or array.shape[0] == 0:
         raise _UsageError(f"{path} holds no samples (need an array of shape (N, ...))")
+    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise _UsageError(f"{path} holds {array.dtype} values; give numbers (float samples "
+                          "or integer input codes)")
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        raise _UsageError(f"{path} contains NaN or infinite values "
+                          f"({int((~np.isfinite(array)).sum())} of {array.size})")
     return array
 
 
 def _export_c(args) -> int:
     import numpy as np
 
+    from tfqnet._files import refuse_to_overwrite, write_atomic
+    from tfqnet.errors import InvalidModelFileError
     from tfqnet.micro import c_arrays
     from tfqnet.micro.arena import ArenaProbeError, measure_arena
     from tfqnet.micro.op_resolver import UnsupportedOpError, op_resolver_header
@@ -74,12 +85,14 @@ def _export_c(args) -> int:
     except ValueError as error:
         raise _UsageError(str(error)) from None
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise _UsageError(f"--out {out} is a file; give a directory")
     names = [f"{ident}_model_data.h", f"{ident}_model_data.cc", f"{ident}_op_resolver.h",
              f"{ident}_test_data.h", f"{ident}_test_data.cc", f"{ident}_check.cc"]
-    existing = [n for n in names if (out / n).exists()]
-    if existing and not args.force:
-        raise _UsageError(f"{out / existing[0]} exists; pass --force to overwrite "
-                          f"({len(existing)} file(s) would be replaced)")
+    try:
+        refuse_to_overwrite([out / n for n in names], args.force)
+    except FileExistsError as error:
+        raise _UsageError(str(error)) from None
     inputs = _read_npy(args.inputs) if args.inputs else None
     if args.count < 1:
         raise _UsageError("--count must be at least 1")
@@ -89,15 +102,17 @@ def _export_c(args) -> int:
     except UnsupportedOpError as error:
         _error(f"{args.model}: {error}; it cannot run on TFLite Micro")
         return EXIT_FAILED
-    _progress("aligning the flatbuffer")
-    aligned = c_arrays.align_flatbuffer(data)
+    _progress("aligning the flatbuffer (child process)")
+    try:
+        aligned = c_arrays.align_flatbuffer(data)
+    except InvalidModelFileError as error:
+        raise _UsageError(f"{args.model} is not a valid TFLite model: {error}") from None
     _progress("measuring the tensor arena (TFLM runtime, child process)")
     try:
         arena = measure_arena(aligned)
     except ArenaProbeError as error:
         _error(f"{args.model}: {error}")
         return EXIT_FAILED
-
     from tfqnet.micro.runtime import MicroInterpreter
 
     micro = MicroInterpreter(aligned, arena_size=arena.reported)
@@ -129,7 +144,7 @@ def _export_c(args) -> int:
     files.update(c_arrays.check_program(args.name, len(codes), [o.dtype for o in outputs]))
     out.mkdir(parents=True, exist_ok=True)
     for name in names:
-        c_arrays.write_atomic(out / name, files[name])
+        write_atomic(out / name, files[name])
     print(f"wrote {len(names)} files to {out}: model {len(aligned)} bytes (aligned), "
           f"{len(graph.op_names)} op(s), arena {arena.reported} bytes (measured minimum "
           f"{arena.minimum}), {codes[0].shape[0]} vector(s) "
@@ -138,14 +153,29 @@ def _export_c(args) -> int:
 
 
 def _check(args) -> int:
-    data, _ = _read_model(args.model)
+    from tfqnet._files import refuse_to_overwrite, write_atomic
+
+    data, graph = _read_model(args.model)
     samples = _read_npy(args.data) if args.data else None
+    if samples is not None:
+        expected = graph.tensors[graph.inputs[0]].shape[1:]
+        if len(graph.inputs) != 1 or tuple(samples.shape[1:]) != tuple(expected):
+            raise _UsageError(f"{args.data} has samples of shape {samples.shape[1:]}; the model "
+                              f"takes {len(graph.inputs)} input(s), the first of shape "
+                              f"{expected}")
     if args.keras and not Path(args.keras).exists():
         raise _UsageError(f"Keras model {args.keras} does not exist")
-    if args.json and args.json != "-" and Path(args.json).exists() and not args.force:
-        raise _UsageError(f"{args.json} exists; pass --force to overwrite")
+    if args.json and args.json != "-":
+        try:
+            refuse_to_overwrite([args.json], args.force)
+        except FileExistsError as error:
+            raise _UsageError(str(error)) from None
+        if not Path(args.json).resolve().parent.is_dir():
+            raise _UsageError(f"--json {args.json}: its directory does not exist")
+    if args.samples < 1:
+        raise _UsageError("--samples must be at least 1")
 
-    from tfqnet.micro.c_arrays import write_atomic
+    from tfqnet.errors import InvalidModelFileError
     from tfqnet.micro.checker import check_model
 
     keras_model = None
@@ -158,9 +188,12 @@ def _check(args) -> int:
         except Exception as error:  # any loader failure is a bad input, reported in one line
             raise _UsageError(f"cannot load the Keras model {args.keras}: "
                               f"{str(error).strip().splitlines()[0][:300]}") from None
-    report = check_model(data, data=samples, keras_model=keras_model, samples=args.samples,
-                         min_agreement=args.min_agreement,
-                         progress=None if args.quiet else _progress)
+    try:
+        report = check_model(data, data=samples, keras_model=keras_model,
+                             samples=args.samples, min_agreement=args.min_agreement,
+                             progress=None if args.quiet else _progress)
+    except InvalidModelFileError as error:  # found by the native steps (child processes)
+        raise _UsageError(f"{args.model} is not a valid TFLite model: {error}") from None
     text = json.dumps(report.to_dict(), indent=2) + "\n"
     if args.json == "-":  # JSON instead of the table on stdout
         sys.stdout.write(text)
@@ -207,6 +240,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``tfqnet`` console script; returns the exit code."""
+    # TensorFlow (loaded only for --keras) logs its start-up to stderr, the channel of
+    # tfqnet's progress and one-line errors; keep only its errors.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = _parser().parse_args(argv)
     try:
         return args.run(args)
@@ -216,6 +252,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _error("interrupted")
         return 130
+    except Exception as error:  # a bug: still one line, the traceback on request
+        if os.environ.get("TFQNET_TRACEBACK"):
+            raise
+        detail = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
+        _error(f"internal error: {type(error).__name__}: {detail} (set TFQNET_TRACEBACK=1 "
+               "to see where, and please report it)")
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

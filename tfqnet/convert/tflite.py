@@ -35,20 +35,32 @@ def _as_input_list(model: keras.Model, data) -> list[np.ndarray]:
                 f"representative_data for input {model_input.name!r} has shape {array.shape}; "
                 f"expected (N, {', '.join(str(e) for e in expected)})."
             )
-        if not np.issubdtype(array.dtype, np.number):
-            raise ValueError(f"representative_data must be numeric, got dtype {array.dtype}.")
+        if not np.issubdtype(array.dtype, np.number) or np.issubdtype(
+            array.dtype, np.complexfloating
+        ):
+            raise ValueError(
+                f"representative_data for input {model_input.name!r} must hold real numbers, "
+                f"got dtype {array.dtype}; pass the float samples the Keras model takes."
+            )
         if array.shape[0] == 0:
             raise ValueError("representative_data is empty; give at least one sample.")
         array = array.astype(np.float32)
         if not np.isfinite(array).all():
-            raise ValueError("representative_data contains NaN or infinite values.")
+            bad = int(np.sum(~np.isfinite(array).reshape(len(array), -1).all(axis=1)))
+            raise ValueError(
+                f"representative_data for input {model_input.name!r} contains NaN or infinite "
+                f"values ({bad} of {len(array)} samples); drop or repair those samples."
+            )
         checked.append(array[:MAX_REPRESENTATIVE_SAMPLES])
     return checked
 
 
 def _check_initialized(model: keras.Model) -> None:
+    # .numpy(): a MirroredVariable (model built in a tf.distribute scope) has no __float__
     pending = [
-        v.name for v in model.variables if v.name.endswith("_initialized:0") and float(v) < 0.5
+        v.name
+        for v in model.variables
+        if v.name.endswith("_initialized:0") and float(v.numpy()) < 0.5
     ]
     if pending:
         raise ConversionError(
@@ -58,11 +70,23 @@ def _check_initialized(model: keras.Model) -> None:
         )
 
 
+def _prepare_export(model: keras.Model) -> None:
+    """Runs each quantizer type's ``prepare_export(model)`` hook, if it has one, before
+    the converter traces the model: static choices made from variables (SRQ's learned
+    bit-widths pick the INT4 or int8 container) are refreshed from the trained state."""
+    from tfqnet.quantize.api import quantizers_of
+
+    for quantizer_type in dict.fromkeys(type(q) for q in quantizers_of(model)):
+        hook = getattr(quantizer_type, "prepare_export", None)
+        if hook is not None:
+            hook(model)
+
+
 def convert(
     qat_model: keras.Model,
     representative_data: np.ndarray | Sequence[np.ndarray],
-    input_type: str = "int8",
-    output_type: str = "int8",
+    input_type: str | type | None = None,
+    output_type: str | type = "int8",
     compress: bool | int = False,
 ) -> bytes:
     """Converts a trained tfqnet QAT model to a full-integer TFLite flatbuffer.
@@ -71,7 +95,14 @@ def convert(
     rest int8; activations in int8 tensors on their trained grids. The
     ``representative_data`` (float inputs as the Keras model takes them, at most
     200 samples used) lets the converter quantize any layer that was skipped during
-    QAT. ``input_type``/``output_type``: "int8" (default), "uint8" or "float32".
+    QAT. ``input_type``/``output_type``: "int8" (default), "uint8" or "float32"
+    (names or dtypes such as ``np.uint8``).
+
+    A model whose input feeds :class:`~tfqnet.PixelEmbedding` layers (e.g. from
+    ``quantize_model(..., pixel_embedding=...)``) takes raw pixels: its flatbuffer
+    input is the raw image, ``input_type`` "uint8" or "int8" (``pixel - 128``; default:
+    the embedding's ``input_dtype``), and ``representative_data`` holds pixels as
+    the Keras model takes them (see :mod:`tfqnet.convert.raw_input`).
 
     ``compress``: True (or an index width 1..7) stores filters with few distinct values
     as bit-packed lookup-table indices (2 bits for ternary weights) via
@@ -82,21 +113,38 @@ def convert(
     remains (other than float model I/O when requested).
     """
     require_tf_keras_model(qat_model, "qat_model")
+    from tfqnet.convert import raw_input  # it imports this module
+    from tfqnet.layers import dtype_name
+
+    raw_pixels = raw_input.takes_raw_pixels(qat_model)
+    if input_type is None:
+        input_type = raw_input.default_input_type(qat_model) if raw_pixels else "int8"
+    input_type, output_type = dtype_name(input_type), dtype_name(output_type)
     for name, value in (("input_type", input_type), ("output_type", output_type)):
         if value not in IO_TYPES:
             raise ValueError(f"{name} must be one of {sorted(IO_TYPES)}, got {value!r}.")
     samples = _as_input_list(qat_model, representative_data)
     _check_initialized(qat_model)
+    _prepare_export(qat_model)
+    keras_model = qat_model
+    if raw_pixels:
+        keras_model, samples = raw_input.int8_input_model(qat_model, samples, input_type)
 
-    def representative() -> Iterator[list[np.ndarray]]:
+    # With several inputs the converter orders its input tensors its own way (not as
+    # model.inputs; a list then feeds the wrong tensors and calibration fails with a
+    # shape error): samples keyed by input name reach the right tensor.
+    input_names = list(keras_model.input_names)
+
+    def representative() -> Iterator[list[np.ndarray] | dict[str, np.ndarray]]:
         for i in range(samples[0].shape[0]):
-            yield [s[i : i + 1] for s in samples]
+            batch = [s[i : i + 1] for s in samples]
+            yield dict(zip(input_names, batch, strict=True)) if len(batch) > 1 else batch
 
-    converter = tf.lite.TFLiteConverter.from_keras_model(qat_model)
+    converter = tf.lite.TFLiteConverter.from_keras_model(keras_model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = representative
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = IO_TYPES[input_type]
+    converter.inference_input_type = tf.int8 if raw_pixels else IO_TYPES[input_type]
     converter.inference_output_type = IO_TYPES[output_type]
     absl_level = logging.getLogger("absl").level
     logging.getLogger("absl").setLevel(logging.ERROR)
@@ -110,6 +158,8 @@ def convert(
         raise ConversionError(f"the TFLite converter failed: {error}") from error
     finally:
         logging.getLogger("absl").setLevel(absl_level)
+    if raw_pixels and input_type == "uint8":
+        flatbuffer = raw_input.prepend_uint8_input(flatbuffer)
 
     model = FlatbufferModel.from_bytes(flatbuffer)
     allowed = set()

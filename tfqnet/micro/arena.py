@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import math
 import os
-import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from tfqnet.micro.isolated import run_python
 
 #: Fraction added to the measured minimum (see the module docstring for why).
 ARENA_MARGIN = 0.05
@@ -104,12 +104,11 @@ def with_margin(minimum: int, margin: float = ARENA_MARGIN) -> int:
 
 
 def _run_child(path: str, lo: int, hi: int, limit: int, timeout: float):
-    env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.run(
-        [sys.executable, "-c", _CHILD, path, str(lo), str(hi), str(limit)],
-        capture_output=True, text=True, timeout=timeout, env=env, check=False,
-    )
-    return proc.returncode, proc.stdout.splitlines(), proc.stderr
+    result = run_python(_CHILD, [path, str(lo), str(hi), str(limit)], timeout)
+    if result.returncode is None:
+        raise ArenaProbeError(f"the TFLM runtime did not finish probing arena sizes within "
+                              f"{timeout:g} s")
+    return result.returncode, result.stdout.splitlines(), result.stderr
 
 
 def measure_arena(model: bytes, start: int | None = None, timeout: float = 120.0,

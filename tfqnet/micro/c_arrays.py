@@ -18,7 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from tfqnet._files import write_atomic
 from tfqnet.convert.flatbuffer import FlatbufferModel
+from tfqnet.errors import InvalidModelFileError
 
 _BYTES_PER_LINE = 16
 
@@ -52,19 +54,37 @@ def c_identifier(name: str) -> str:
     return "m_" + ident if ident[0].isdigit() else ident
 
 
+#: Seconds the aligner may take (it takes well under one for any MCU-sized model).
+ALIGN_TIMEOUT = 120.0
+
+# The C++ aligner unpacks the flatbuffer without verifying it: an offset pointing
+# outside the file (one flipped byte suffices) makes it read wild memory and crash.
+# So it runs in a child process; a crash there is a clear error here.
+_ALIGN_CHILD = r"""
+import sys
+from tflite_micro.tensorflow.lite.micro.tools import tflite_flatbuffer_align_wrapper as w
+w.align_tflite_model(sys.argv[1], sys.argv[2])
+"""
+
+
 def align_flatbuffer(data: bytes) -> bytes:
     """Re-packs the flatbuffer with tflite_micro's aligner (every buffer 16-byte aligned).
 
-    The data is parsed first, so garbage raises InvalidModelFileError here instead of
-    reaching the C++ aligner (which does not validate its input).
+    The data is parsed first, so plain garbage raises InvalidModelFileError without
+    starting the aligner; the aligner itself runs in a child process (see above), and
+    its crash or failure raises InvalidModelFileError too.
     """
-    from tflite_micro.tensorflow.lite.micro.tools import tflite_flatbuffer_align_wrapper
+    from tfqnet.micro.isolated import describe_exit, run_python
 
     FlatbufferModel.from_bytes(data)
     with tempfile.TemporaryDirectory(prefix="tfqnet-align-") as tmp:
         src, dst = os.path.join(tmp, "in.tflite"), os.path.join(tmp, "out.tflite")
         Path(src).write_bytes(data)
-        tflite_flatbuffer_align_wrapper.align_tflite_model(src, dst)
+        result = run_python(_ALIGN_CHILD, [src, dst], timeout=ALIGN_TIMEOUT)
+        if result.returncode != 0 or not os.path.exists(dst):
+            raise InvalidModelFileError(
+                f"tflite_micro's flatbuffer aligner {describe_exit(result)}: the file is "
+                "corrupt (or not a flatbuffer the TFLite tools can read)")
         aligned = Path(dst).read_bytes()
     FlatbufferModel.from_bytes(aligned)
     return aligned
@@ -325,28 +345,6 @@ def _copy_inputs(ident: str, upper: str, input_count: int) -> str:
       }}
       std::memcpy(input->data.raw, src, bytes);
     }}"""
-
-
-def _file_mode() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def write_atomic(path: Path, text: str | bytes) -> None:
-    """Writes via a temp file in the same directory and os.replace (never half a file)."""
-    path = Path(path)
-    data = text.encode() if isinstance(text, str) else text
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, _file_mode())  # mkstemp makes 0600; use what open() would have made
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 __all__ = [

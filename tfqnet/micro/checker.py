@@ -30,6 +30,7 @@ import numpy as np
 from tfqnet.convert.flatbuffer import FlatbufferModel, Operator, element_count
 from tfqnet.micro.arena import ArenaMeasurement, ArenaProbeError, measure_arena
 from tfqnet.micro.c_arrays import align_flatbuffer
+from tfqnet.micro.model_file import parse_model
 from tfqnet.micro.op_resolver import UnsupportedOpError, resolver_method
 
 #: Tensor types with no TFLM kernel support (INT2 only as TFLM_DECODE's input).
@@ -89,6 +90,8 @@ class CheckReport:
     @property
     def failures(self) -> list[str]:
         found = list(self.resolution_errors)
+        if self.layer_check.startswith("failed: "):
+            found.append("layer by layer: " + self.layer_check[len("failed: "):])
         found += [f"layer {r.index} {r.op} ({r.layer}): TFLM differs from TFLite reference "
                   f"by {r.isolated_max_diff:g} LSB on identical inputs"
                   for r in self.layers if r.status == "FAIL"]
@@ -246,6 +249,57 @@ def _tolerance(op: str, dtype: np.dtype, reference: np.ndarray) -> float:
     return 0.0
 
 
+# Loads the model as _layer_by_layer does (TFLite BUILTIN_REF and TFLM keeping every
+# tensor) and invokes both once on zeros; prints "ok" when neither crashed.
+_LAYER_PROBE = r"""
+import sys
+import numpy as np
+from ai_edge_litert.interpreter import Interpreter, OpResolverType
+from tflite_micro import runtime as tflm
+
+model = open(sys.argv[1], "rb").read()
+arena = int(sys.argv[2])
+try:
+    lite = Interpreter(model_content=model,
+                       experimental_op_resolver_type=OpResolverType.BUILTIN_REF,
+                       experimental_preserve_all_tensors=True)
+    lite.allocate_tensors()
+    for d in lite.get_input_details():
+        lite.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
+    lite.invoke()
+except Exception:
+    pass  # a refusal (not a crash) is reported by _layer_by_layer itself
+micro = tflm.Interpreter.from_bytes(model, arena_size=arena,
+                                    intrepreter_config=tflm.InterpreterConfig.kPreserveAllTensors)
+micro.invoke()
+print("ok", flush=True)
+"""
+
+
+def _layer_arena(graph: FlatbufferModel, arena: int) -> int:
+    # preserve-all-tensors keeps every activation alive: size the arena for all of them
+    activations = sum(element_count(t.shape) * 4 for t in graph.tensors if not t.is_constant)
+    return arena * 2 + activations + 64 * 1024
+
+
+def _native_crash(model: bytes, arena: int) -> str | None:
+    """Why the layer-by-layer interpreters crash on ``model`` (in a child), or None."""
+    import os
+    import tempfile
+
+    from tfqnet.micro.isolated import describe_exit, run_python
+
+    with tempfile.TemporaryDirectory(prefix="tfqnet-check-") as tmp:
+        path = os.path.join(tmp, "model.tflite")
+        with open(path, "wb") as handle:
+            handle.write(model)
+        result = run_python(_LAYER_PROBE, [path, str(_layer_arena(parse_model(model), arena))],
+                            timeout=120.0)
+    if result.crashed or result.returncode is None:
+        return f"TFLite's or TFLM's interpreter {describe_exit(result)} on this model"
+    return None
+
+
 def _layer_by_layer(graph: FlatbufferModel, model: bytes, inputs: list[np.ndarray],
                     arena: int, report: CheckReport, progress: Progress) -> None:
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
@@ -260,10 +314,8 @@ def _layer_by_layer(graph: FlatbufferModel, model: bytes, inputs: list[np.ndarra
         report.layer_check = ("skipped: TFLite's reference kernels cannot run this model "
                               f"({str(error).strip().splitlines()[0][:200]})")
         return
-    # preserve-all-tensors keeps every activation alive: size the arena for all of them
-    activations = sum(element_count(t.shape) * 4 for t in graph.tensors if not t.is_constant)
     micro = tflm.Interpreter.from_bytes(
-        model, arena_size=arena * 2 + activations + 64 * 1024,
+        model, arena_size=_layer_arena(graph, arena),
         intrepreter_config=tflm.InterpreterConfig.kPreserveAllTensors)
     lite_inputs = [d["index"] for d in lite.get_input_details()]
     results = [LayerResult(op.index, op.name, op.version, op_layer(graph, op), op.outputs[0],
@@ -435,13 +487,16 @@ def check_model(model: bytes, data=None, keras_model=None, samples: int = DEFAUL
 
     ``data``: float samples (or integer codes) for the model input, shape (N, ...);
     seeded random codes when None. ``keras_model``: a QAT model or a path to one.
-    Raises InvalidModelFileError when ``model`` is not a TFLite flatbuffer.
+    Raises InvalidModelFileError when ``model`` is not a TFLite flatbuffer (checked in
+    pure Python first, then by the aligner in a child process). The native steps that
+    can crash on a corrupt model (aligner, TFLM, TFLite) run in child processes first,
+    so a crash becomes a failure in the report, never a crash of this process.
     """
     from tfqnet.micro.runtime import MicroInterpreter
 
     progress = progress or (lambda message: None)
-    graph = FlatbufferModel.from_bytes(model)
-    aligned = align_flatbuffer(model)
+    graph = parse_model(model)
+    aligned = align_flatbuffer(model)  # in a child process: the aligner trusts its input
     report = CheckReport(model_bytes=len(model), flash_bytes=len(aligned))
     report.resources = layer_resources(graph)
     report.total_macs = sum(r["macs"] for r in report.resources)
@@ -474,7 +529,11 @@ def check_model(model: bytes, data=None, keras_model=None, samples: int = DEFAUL
         report.layer_check = ("skipped: compressed model (TFLM_DECODE), which TFLite's "
                               "interpreter cannot run")
     else:
-        _layer_by_layer(graph, aligned, inputs, arena.minimum, report, progress)
+        crash = _native_crash(aligned, arena.minimum)
+        if crash:
+            report.layer_check = f"failed: {crash}"
+        else:
+            _layer_by_layer(graph, aligned, inputs, arena.minimum, report, progress)
 
     if keras_model is not None:
         progress("Keras QAT model: loading and comparing")

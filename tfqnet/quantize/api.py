@@ -74,13 +74,15 @@ def _concat_producers(model: keras.Model) -> frozenset[str]:
     for layer in model.layers:
         if not isinstance(layer, L.Concatenate):
             continue
-        stack = _inbound_layers(layer)
+        stack = [(producer, layer) for producer in _inbound_layers(layer)]
         while stack:
-            producer = stack.pop()
-            if len(producer._outbound_nodes) != 1:
+            producer, consumer = stack.pop()
+            # A shared layer called twice into the same concat has two outbound nodes
+            # but one consumer: it, too, must leave the grid to the concat.
+            if {id(node.outbound_layer) for node in producer._outbound_nodes} != {id(consumer)}:
                 continue  # feeds other layers too: its grid is needed there
             if type(producer) in PASS_THROUGH_LAYERS and not isinstance(producer, L.InputLayer):
-                stack.extend(_inbound_layers(producer))
+                stack.extend((p, producer) for p in _inbound_layers(producer))
             else:
                 found.add(producer.name)
     return frozenset(found)
@@ -98,6 +100,7 @@ def quantize_model(
     *,
     skip: Iterable[str] = (),
     overrides: Mapping[str, Mapping[str, int]] | None = None,
+    pixel_embedding: bool | Mapping[str, Any] = False,
     **options: Any,
 ) -> keras.Model:
     """Returns a quantization-aware copy of ``model`` (the original is not changed).
@@ -109,6 +112,11 @@ def quantize_model(
       activation_bits: activation bits, 2..8 (deployed in int8 tensors on the same grid).
       skip: names of layers to leave float during QAT (converted post-training to int8).
       overrides: per-layer bits, e.g. ``{"conv2d": {"weight_bits": 8}}``.
+      pixel_embedding: True or a dict of ``dim``, ``bits``, ``input_dtype``,
+        ``input_scale``, ``input_offset``: the QAT model takes raw pixels (uint8, or int8
+        ``pixel - 128``) through a :class:`tfqnet.PixelEmbedding` that replaces the
+        input normalisation and feeds the first Conv2D (see
+        :func:`tfqnet.layers.add_pixel_embedding`; convert with ``tfqnet.convert``).
       **options: method options (see the method's quantizer module).
 
     The model input and the model outputs use 8-bit grids; BatchNormalization after a
@@ -134,6 +142,8 @@ def quantize_model(
     unknown = skip.union(overrides or {}) - {layer.name for layer in model.layers}
     if unknown:
         raise ValueError(f"skip/overrides name layers the model does not have: {sorted(unknown)}")
+    if pixel_embedding is not False:
+        model = _with_pixel_embedding(model, pixel_embedding)
     _check_layers(model, skip)
 
     registry = QuantizeRegistry(
@@ -153,9 +163,31 @@ def quantize_model(
         return _tfmot_q.quantize_annotate_layer(layer)
 
     annotated = keras.models.clone_model(model, clone_function=annotate)
-    with quantize_scope():
+    # TFMOT rebuilds the model from its config: a skipped custom layer class that is
+    # not registered Keras-serializable must be findable by its name there.
+    # (Only those: built-in classes in the scope change how TFMOT rebuilds wrapped
+    # layers, and their variables lose the layer's name scope.)
+    own_classes = {type(layer).__name__: type(layer) for layer in model.layers
+                   if not type(layer).__module__.startswith("tf_keras.")}
+    with quantize_scope(), keras.utils.custom_object_scope(own_classes):
         qat = _tfmot_q.quantize_apply(annotated, QuantizeScheme(registry))
         return _rebuilt_from_config(qat)
+
+
+def _with_pixel_embedding(model: keras.Model, spec: bool | Mapping[str, Any]) -> keras.Model:
+    from tfqnet.layers import PIXEL_EMBEDDING_OPTIONS, add_pixel_embedding
+
+    if spec is True:
+        spec = {}
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"pixel_embedding must be True or a dict, got {spec!r}.")
+    unknown = set(spec) - set(PIXEL_EMBEDDING_OPTIONS)
+    if unknown:
+        raise ValueError(
+            f"pixel_embedding has unknown option(s) {sorted(unknown)}; "
+            f"known: {list(PIXEL_EMBEDDING_OPTIONS)}."
+        )
+    return add_pixel_embedding(model, **spec)
 
 
 def _short_name(variable) -> str:

@@ -119,6 +119,12 @@ def unsupported_reason(layer: keras.layers.Layer) -> str | None:
         return None
     if type(layer) in CUSTOM_LAYER_CONFIGS:
         return None
+    if not type(layer).__module__.startswith("tf_keras."):
+        return (
+            f"{type(layer).__name__} is a custom layer, for which tfqnet has no quantization "
+            "rule; give it one with tfqnet.quantize.registry.register_layer_config("
+            f"{type(layer).__name__}, config_fn) (see tfqnet.layers.PixelEmbedding)"
+        )
     return f"tfqnet has no quantization rule for {type(layer).__name__} layers"
 
 
