@@ -12,34 +12,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import numpy as np
 
 import tfqnet
+from benchmarks.baselines import step_time, tflite_int8, tfmot_default
 from benchmarks.report import markdown_table, write_section
-from tfqnet._keras import keras, tf
+from tfqnet._keras import keras
 from tfqnet.datasets import load_digits
 from tfqnet.models import compile_classifier, digits_cnn
-
-
-def step_time(model, data, steps: int = 60) -> float:
-    """Median seconds per train_on_batch (batch 32) after 10 warm-up steps."""
-    x, y = data.x_train[:32], data.y_train[:32]
-    for _ in range(10):
-        model.train_on_batch(x, y)
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        model.train_on_batch(x, y)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def tfmot_default(model):
-    import tensorflow_model_optimization as tfmot
-
-    return tfmot.quantization.keras.quantize_model(model)
 
 
 def tflite_bytes_and_acc(qat, data, converter_fn):
@@ -48,20 +29,6 @@ def tflite_bytes_and_acc(qat, data, converter_fn):
     qat_logits = qat.predict(data.x_test, verbose=0)
     return (len(flatbuffer), float(np.mean(logits.argmax(-1) == data.y_test)),
             float(np.mean(logits.argmax(-1) == qat_logits.argmax(-1))))
-
-
-def tfmot_convert(qat, data):
-    def representative():
-        for i in range(200):
-            yield [data.x_train[i : i + 1]]
-
-    converter = tf.lite.TFLiteConverter.from_keras_model(qat)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = representative
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.int8
-    converter.inference_output_type = tf.int8
-    return converter.convert()
 
 
 def main() -> None:
@@ -85,7 +52,7 @@ def main() -> None:
              lambda q: tfqnet.convert(q, data.x_train)),
             ("tfqnet uniform W4A8", lambda m: tfqnet.quantize_model(m, weight_bits=4),
              lambda q: tfqnet.convert(q, data.x_train)),
-            ("TFMOT default 8-bit", tfmot_default, lambda q: tfmot_convert(q, data)),
+            ("TFMOT default 8-bit", tfmot_default, lambda q: tflite_int8(q, data.x_train)),
         ]
         for name, make, convert in runs:
             keras.utils.set_random_seed(seed)
@@ -97,7 +64,7 @@ def main() -> None:
             size, tflm_acc, agreement = tflite_bytes_and_acc(qat, data, convert)
             results.setdefault(name, []).append((qat_acc, tflm_acc, agreement, size))
             if name in times:
-                times[name].append(step_time(qat, data))
+                times[name].append(step_time(qat, data.x_train, data.y_train))
             print(f"seed {seed} {name}: QAT {qat_acc:.4f} TFLM {tflm_acc:.4f} "
                   f"agree {agreement:.4f} bytes {size}", flush=True)
 

@@ -38,16 +38,30 @@ def markdown_table(header: list[str], rows: list[list[object]]) -> str:
     return "\n".join(lines)
 
 
-def write_section(name: str, title: str, body: str) -> None:
-    """Replaces (or appends) section ``name`` of BENCHMARKS.md and prints it."""
-    command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
+def command_line() -> str:
+    """The running script's command line, the script relative to the repository."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None and spec.name:  # python -m benchmarks.NAME
+        return " ".join(["python -m", spec.name, *sys.argv[1:]])
+    script = Path(sys.argv[0]).resolve()
+    if script.is_relative_to(BENCHMARKS_MD.parent):
+        script = script.relative_to(BENCHMARKS_MD.parent)
+    return "python " + " ".join([script.as_posix(), *sys.argv[1:]])
+
+
+def write_section(name: str, title: str, body: str, path: Path | None = None,
+                  command: str | None = None) -> str:
+    """Replaces (or appends) section ``name`` of BENCHMARKS.md (or of ``path``), prints
+    it and returns it. ``command``: the command shown (default: this script's)."""
+    command = command or command_line()
+    path = Path(path) if path is not None else BENCHMARKS_MD
     section = (
         f"<!-- {name}:start -->\n## {title}\n\n"
         f"Measured {time.strftime('%Y-%m-%d')} with `{command}` on {machine()}.\n\n"
         f"{body.strip()}\n<!-- {name}:end -->"
     )
     print(section)
-    text = BENCHMARKS_MD.read_text() if BENCHMARKS_MD.exists() else (
+    text = path.read_text() if path.exists() else (
         "# tfqnet benchmarks\n\nEvery number here is printed by a script under `benchmarks/`; "
         "re-run the script named in a section to reproduce it.\n"
     )
@@ -56,4 +70,5 @@ def write_section(name: str, title: str, body: str) -> None:
         text = text[: text.index(start)] + section + text[text.index(end) + len(end):]
     else:
         text = text.rstrip() + "\n\n" + section + "\n"
-    BENCHMARKS_MD.write_text(text)
+    path.write_text(text)
+    return section
