@@ -32,7 +32,7 @@ import numpy as np
 
 import tfqnet
 from benchmarks.baselines import tfmot_ternary
-from benchmarks.report import markdown_table, write_section
+from benchmarks.report import markdown_table, verdict, write_section
 from tfqnet._keras import keras
 from tfqnet.convert.compression import compress_ternary, stored_weight_bytes
 from tfqnet.datasets import load_digits
@@ -132,7 +132,6 @@ def main() -> None:
     identical = all(r["sizes"]["bit-identical"] for r in results)
     crq = float(np.mean(values("crq ternary")))
     ratio = float(np.mean([r["sizes"]["2-bit"] / r["sizes"]["int8"] for r in results]))
-    verdict = lambda ok: "met" if ok else "**missed**"  # noqa: E731
     targets = [
         ["CRQ ternary within 2 points of float", f"{100 * (crq - float_acc):+.2f} points",
          verdict(crq >= float_acc - 0.02)],

@@ -26,7 +26,7 @@ import argparse
 import numpy as np
 
 import tfqnet
-from benchmarks.report import markdown_table, write_section
+from benchmarks.report import markdown_table, verdict, write_section
 from tfqnet._keras import keras
 from tfqnet.datasets import load_digits
 from tfqnet.micro.checker import layer_resources
@@ -131,7 +131,6 @@ def main() -> None:
     base_bytes, base_macs = per_seed[0][INT8_FIRST]["bytes"], per_seed[0][INT8_FIRST]["macs"]
     pe = per_seed[0][pe_names[0]]
     first_ops = pe["ops"][: pe["ops"].index("CONV_2D") + 1]
-    verdict = lambda ok: "met" if ok else "**missed**"  # noqa: E731
 
     body = markdown_table(
         ["config", "QAT / float acc", "TFLM acc", "QAT-vs-TFLM agreement",

@@ -40,7 +40,7 @@ import numpy as np
 
 import tfqnet
 from benchmarks.baselines import tfmot_n_bit, tfmot_ternary
-from benchmarks.report import markdown_table, write_section
+from benchmarks.report import markdown_table, verdict, write_section
 from tfqnet._keras import keras
 from tfqnet.datasets import load_digits
 from tfqnet.models import compile_classifier, digits_cnn
@@ -185,7 +185,6 @@ def main() -> None:
     def mean(key: str) -> float:
         return float(np.mean(values(key)))
 
-    verdict = lambda ok: "met" if ok else "**missed**"  # noqa: E731
     ternary, pow2 = mean("qn ternary"), mean("qn 3bit_pow2")
     ste2, ste3 = mean("TFMOT STE ternary"), mean("TFMOT n-bit W3A8")
     ratio = step["qn ternary"] / step["uniform W2A8"]

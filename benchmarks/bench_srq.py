@@ -21,7 +21,7 @@ import math
 import numpy as np
 
 import tfqnet
-from benchmarks.report import markdown_table, write_section
+from benchmarks.report import markdown_table, verdict, write_section
 from tfqnet._keras import keras
 from tfqnet.datasets import load_digits
 from tfqnet.models import compile_classifier, digits_cnn
@@ -105,7 +105,6 @@ def main() -> None:
         ])
     tflm = {name: np.mean([r["tflm"] for r in runs]) for name, runs in results.items()}
     learned = tflm["srq learned, budget = all-4-bit bytes"]
-    verdict = lambda ok: "met" if ok else "**missed**"  # noqa: E731
     body = markdown_table(
         ["config", "QAT acc", "TFLM acc", "min QAT-vs-TFLM agreement", "kernel bytes",
          "learned widths conv1/conv2/fc1/logits (per seed)"], rows)

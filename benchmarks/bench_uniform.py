@@ -17,7 +17,7 @@ import numpy as np
 
 import tfqnet
 from benchmarks.baselines import step_time, tflite_int8, tfmot_default
-from benchmarks.report import markdown_table, write_section
+from benchmarks.report import markdown_table, verdict, write_section
 from tfqnet._keras import keras
 from tfqnet.datasets import load_digits
 from tfqnet.models import compile_classifier, digits_cnn
@@ -86,7 +86,6 @@ def main() -> None:
              / np.mean([r[3] for r in results["tfqnet uniform W8A8"]]))
     step_ratio = statistics.median(times["tfqnet uniform W4A8"]) / statistics.median(
         times["TFMOT default 8-bit"])
-    verdict = lambda ok: "met" if ok else "**missed**"  # noqa: E731
     body = markdown_table(
         ["config", "float acc", "QAT acc", "TFLM acc", "QAT-vs-TFLM agreement",
          "flatbuffer bytes"], rows)

@@ -20,7 +20,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import numpy as np  # noqa: E402
 
 import tfqnet  # noqa: E402
-from benchmarks.report import markdown_table, write_section  # noqa: E402
+from benchmarks.report import markdown_table, verdict, write_section  # noqa: E402
 from tfqnet._keras import keras
 from tfqnet.cli import main
 from tfqnet.datasets import load_digits
@@ -77,13 +77,13 @@ def main_benchmark() -> int:
     rows = [
         ["export-c + check, ~250k parameters (wide_cnn)", "< 30 s",
          f"{total:.1f} s (export-c {mid - start:.1f} s + check {end - mid:.1f} s; "
-         f"exit codes {code_export}/{code_check})", _verdict(total < 30 and code_export == 0
+         f"exit codes {code_export}/{code_check})", verdict(total < 30 and code_export == 0
                                                             and code_check == 0)],
         ["reported arena vs true minimum", "1.0x-1.1x",
          f"{ratio:.3f}x ({arena.reported} / {arena.minimum} bytes)",
-         _verdict(arena.minimum <= arena.reported <= 1.1 * arena.minimum)],
+         verdict(arena.minimum <= arena.reported <= 1.1 * arena.minimum)],
         ["TFLM runs at the minimum, fails 1 byte below", "yes / yes",
-         f"{_yes(runs_at_minimum)} / {_yes(fails_below)}", _verdict(runs_at_minimum
+         f"{_yes(runs_at_minimum)} / {_yes(fails_below)}", verdict(runs_at_minimum
                                                                    and fails_below)],
         ["`tfqnet check` on a corrupt file (fresh process, median of 3)", "one line, fast",
          f"{bad_file:.2f} s", "measured"],
@@ -98,10 +98,6 @@ def main_benchmark() -> int:
 
 def _yes(value: bool) -> str:
     return "yes" if value else "no"
-
-
-def _verdict(met: bool) -> str:
-    return "met" if met else "MISSED"
 
 
 def _bad_file_seconds() -> float:

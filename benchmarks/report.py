@@ -38,6 +38,11 @@ def markdown_table(header: list[str], rows: list[list[object]]) -> str:
     return "\n".join(lines)
 
 
+def verdict(met: bool) -> str:
+    """A target's verdict as the tables print it: misses stand out."""
+    return "met" if met else "**missed**"
+
+
 def command_line() -> str:
     """The running script's command line, the script relative to the repository."""
     spec = getattr(sys.modules.get("__main__"), "__spec__", None)

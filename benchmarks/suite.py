@@ -48,7 +48,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 
 from benchmarks import charts
-from benchmarks.report import BENCHMARKS_MD, machine, markdown_table, write_section
+from benchmarks.report import (
+    BENCHMARKS_MD,
+    machine,
+    markdown_table,
+    verdict,
+    write_section,
+)
 from benchmarks.rows import (
     SRQ_FIXED,
     SRQ_LEARNED,
@@ -267,7 +273,7 @@ def target_rows(numbers: dict[str, _Numbers]) -> list[list[str]]:
         for n in numbers.values():
             found = check(n)
             cells.append("not measured (row missing)" if found is None else
-                         f"{found[0]}: {'met' if found[1] else '**missed**'}")
+                         f"{found[0]}: {verdict(found[1])}")
         out.append([issue, text, *cells])
     return out
 
