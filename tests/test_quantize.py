@@ -108,29 +108,48 @@ def test_bad_options_fail_before_work(float_digits_model, kwargs, message):
 
 
 def _mixed_model() -> keras.Model:
-    """Conv1D, DepthwiseConv2D, residual Add->ReLU, Concatenate, GAP, ReLU6."""
+    """Conv1D, DepthwiseConv2D, residual Add->ReLU, Concatenate, GAP1D, Flatten, ReLU6.
+
+    BatchNorm momentum 0.9: at the default 0.99 the moving statistics are still far off
+    after a few epochs on digits and the model predicts at chance, where nearly tied
+    logits make the agreement check meaningless."""
     inputs = keras.Input((8, 8, 1))
     x = L.Conv2D(8, 3, padding="same", use_bias=False)(inputs)
-    x = L.BatchNormalization()(x)
+    x = L.BatchNormalization(momentum=0.9)(x)
     x = L.ReLU(6.0)(x)
     y = L.DepthwiseConv2D(3, padding="same", depth_multiplier=1)(x)
-    y = L.BatchNormalization()(y)
+    y = L.BatchNormalization(momentum=0.9)(y)
     x = L.ReLU()(L.Add()([x, y]))
     z = L.Reshape((64, 8))(x)
     z = L.Conv1D(8, 3, padding="same", activation="relu")(z)
     z = L.GlobalAveragePooling1D()(z)
-    w = L.GlobalAveragePooling2D()(x)
+    w = L.Flatten()(x)  # spatial detail: global pooling alone leaves digits at chance
     x = L.Concatenate()([z, w])
     x = L.Dropout(0.1)(x)
     return keras.Model(inputs, L.Dense(10)(x))
 
 
-def test_mixed_layers_train_convert_and_agree_on_tflm(digits):
+@pytest.fixture(scope="module")
+def float_mixed_model(digits):
     keras.utils.set_random_seed(0)
     model = _mixed_model()
     model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(digits.x_train, digits.y_train, epochs=3, verbose=0)
-    q = fine_tune(tfqnet.quantize_model(model, weight_bits=4, activation_bits=8), digits, 2)
+    return model
+
+
+# Every method on depthwise, Conv1D, residual and concatenated layers: a per-channel
+# FakeQuant on a reshaped depthwise kernel converts for one method and not another.
+@pytest.mark.parametrize("method, weight_bits", [
+    ("uniform", 4), ("qn", 2), ("qn", 4), ("crq", 2), ("srq", 4),
+])
+def test_mixed_layers_train_convert_and_agree_on_tflm(
+    float_mixed_model, digits, method, weight_bits
+):
+    q = tfqnet.quantize_model(
+        float_mixed_model, method=method, weight_bits=weight_bits, activation_bits=8
+    )
+    q = fine_tune(q, digits, 2)
     flatbuffer = tfqnet.convert(q, digits.x_train)
     ops = tfqnet.FlatbufferModel.from_bytes(flatbuffer).op_names
     assert {"CONV_2D", "DEPTHWISE_CONV_2D", "ADD", "CONCATENATION"} <= set(ops)

@@ -522,10 +522,16 @@ class QNWeightQuantizer(_QNQuantizer):
             else:
                 count = soft_staircase(u, state["thresholds"], self.steps, temperature)
             out = alpha * (low + count)
-        else:
-            levels = self.hard_levels(u, state["thresholds"])
-            out = grid.weight_fake_quant(alpha * levels, alpha, self.bits, self.per_axis)
-        return tf.reshape(out, tf.shape(inputs)) if reshape else out
+            return tf.reshape(out, tf.shape(inputs)) if reshape else out
+        levels = self.hard_levels(u, state["thresholds"])
+        # Back in the kernel's own shape before the FakeQuant: a per-channel FakeQuant on
+        # the [N, channels] view leaves the converter a RESHAPE whose quantized axis it
+        # cannot move (depthwise kernels fail to convert).
+        on_grid = alpha * levels
+        on_grid = tf.reshape(on_grid, tf.shape(inputs)) if reshape else on_grid
+        return grid.weight_fake_quant(
+            on_grid, alpha, self.bits, self.per_axis, self.channel_dims
+        )
 
 
 @register
