@@ -34,6 +34,7 @@ write elsewhere (the tests do).
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 import time
@@ -65,6 +66,7 @@ from benchmarks.rows import (
     train_float,
 )
 from benchmarks.tasks import TASKS
+from tfqnet._keras import keras
 
 PLOTS = Path(__file__).resolve().parent / "plots"
 TFMOT_DEFAULT = "TFMOT default 8-bit"
@@ -380,6 +382,11 @@ def run(args: argparse.Namespace) -> SuiteResult:
                 runs[task_name][row.name].append(measurement)
                 _log_row(task_name, seed, row.name, measurement, time.monotonic() - start)
             _set_step_times(ctx)
+            # Keras and the converter keep every traced graph alive until cleared: without
+            # this the full run grew to 24 GB and was OOM-killed on its fifth task-seed.
+            del ctx, float_model
+            keras.backend.clear_session()
+            gc.collect()
     summaries = {t: summarize(r, issues) for t, r in runs.items()}
     plots = _plots(args, runs, summaries, tasks)
     seconds = time.monotonic() - started
