@@ -219,7 +219,8 @@ def _srq_budget(n: _Numbers):
     if None in (learned, fixed, used, budget):
         return None
     return (f"{learned:.4f} vs {fixed:.4f}; weights {used:.0f} of {budget:.0f} B",
-            learned >= fixed and used <= budget)
+            # means of the same 450 test images: equal accuracies may differ by 1 ulp
+            learned >= fixed - 1e-9 and used <= budget)
 
 
 def _arena_margin(n: _Numbers):
