@@ -41,6 +41,7 @@ import numpy as np
 import tfqnet
 from benchmarks.baselines import tfmot_n_bit, tfmot_ternary
 from benchmarks.report import markdown_table, verdict, write_section
+from benchmarks.rows import step_time_samples
 from tfqnet._keras import keras
 from tfqnet.datasets import load_digits
 from tfqnet.models import compile_classifier, digits_cnn
@@ -64,22 +65,6 @@ TIMED = ["qn ternary", "qn 3bit_pow2", "uniform W2A8"]
 
 def _accuracy(logits: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(logits.argmax(-1) == y))
-
-
-def interleaved_step_times(models: dict, x, y, rounds: int = 8, steps: int = 10) -> dict:
-    """Seconds per ``train_on_batch`` of each model, timed in interleaved rounds."""
-    x, y = x[:32], y[:32]
-    times: dict[str, list[float]] = {name: [] for name in models}
-    for model in models.values():
-        for _ in range(5):
-            model.train_on_batch(x, y)
-    for _ in range(rounds):
-        for name, model in models.items():
-            for _ in range(steps):
-                start = time.perf_counter()
-                model.train_on_batch(x, y)
-                times[name].append(time.perf_counter() - start)
-    return times
 
 
 def soft_band_share(qat: keras.Model) -> float:
@@ -140,7 +125,8 @@ def run_seed(data, seed: int, float_epochs: int, epochs: int) -> tuple[dict, dic
         if name == "qn ternary":
             result["soft band"] = soft_band_share(qat)
         print(f"  seed {seed} {name}: {result[name]:.4f}", flush=True)
-    times = interleaved_step_times({n: trained[n] for n in TIMED}, data.x_train, data.y_train)
+    times = step_time_samples({n: (trained[n], data.x_train) for n in TIMED}, data.y_train,
+                              rounds=8, steps=10, warmup=5)
     return result, times
 
 

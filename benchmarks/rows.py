@@ -87,18 +87,18 @@ class Row:
     issue: str = ""  # the issue whose method or baseline the row measures
 
 
-def step_times(models: dict[str, tuple[keras.Model, np.ndarray]], y: np.ndarray,
-               rounds: int = 4, steps: int = 6) -> dict[str, float]:
-    """Median seconds of one ``train_on_batch`` (batch 32) of each trained model.
+def step_time_samples(models: dict[str, tuple[keras.Model, np.ndarray]], y: np.ndarray,
+                      rounds: int = 4, steps: int = 6, warmup: int = 2) -> dict[str, list[float]]:
+    """Seconds of each ``train_on_batch`` (batch 32) of each trained model.
 
     Measured round-robin (``rounds`` times ``steps`` steps of every model in turn, after
-    2 warm-up steps each) rather than during each row's ``fit``: on a shared machine
+    ``warmup`` steps each) rather than during each row's ``fit``: on a shared machine
     the load changes over minutes, and interleaving spreads it over all rows alike.
     The models train on (this changes their weights: call after measuring them).
     """
     times: dict[str, list[float]] = {name: [] for name in models}
     for model, x in models.values():
-        for _ in range(2):
+        for _ in range(warmup):
             model.train_on_batch(x[:BATCH], y[:BATCH])
     for _ in range(rounds):
         for name, (model, x) in models.items():
@@ -106,7 +106,14 @@ def step_times(models: dict[str, tuple[keras.Model, np.ndarray]], y: np.ndarray,
                 start = time.perf_counter()
                 model.train_on_batch(x[:BATCH], y[:BATCH])
                 times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
+
+
+def step_times(models: dict[str, tuple[keras.Model, np.ndarray]], y: np.ndarray,
+               rounds: int = 4, steps: int = 6) -> dict[str, float]:
+    """Median seconds of one ``train_on_batch`` of each model (:func:`step_time_samples`)."""
+    samples = step_time_samples(models, y, rounds, steps)
+    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def short_error(error: BaseException) -> str:
