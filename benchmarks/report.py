@@ -7,8 +7,10 @@ run one at a time.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,8 +27,27 @@ def machine() -> str:
     return (
         f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
         f"TensorFlow {tf.__version__}, TFMOT {tfmot.__version__}, "
-        f"tflite-micro {tflite_micro.__version__}, numpy {np.__version__}"
+        f"tflite-micro {tflite_micro.__version__}, numpy {np.__version__}, "
+        f"tfqnet commit {CODE_VERSION}"
     )
+
+
+def commit() -> str:
+    """The repository's HEAD (``+changes`` if the tree differs from it), or ``unknown``."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=BENCHMARKS_MD.parent, capture_output=True,
+                              text=True, check=True).stdout.strip()
+
+    try:
+        head = git("rev-parse", "--short", "HEAD")
+        return head + ("+changes" if git("status", "--porcelain", "--untracked-files=no")
+                       else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+#: read when the script starts: the code it runs, even if HEAD moves while it runs
+CODE_VERSION = commit()
 
 
 def markdown_table(header: list[str], rows: list[list[object]]) -> str:
@@ -66,6 +87,14 @@ def write_section(name: str, title: str, body: str, path: Path | None = None,
         f"{body.strip()}\n<!-- {name}:end -->"
     )
     print(section)
+    # a lock: two benchmark scripts finishing together must not drop each other's section
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _replace_section(path, name, section)
+    return section
+
+
+def _replace_section(path: Path, name: str, section: str) -> None:
     text = path.read_text() if path.exists() else (
         "# tfqnet benchmarks\n\nEvery number here is printed by a script under `benchmarks/`; "
         "re-run the script named in a section to reproduce it.\n"
@@ -76,4 +105,3 @@ def write_section(name: str, title: str, body: str, path: Path | None = None,
     else:
         text = text.rstrip() + "\n\n" + section + "\n"
     path.write_text(text)
-    return section

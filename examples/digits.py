@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 import tfqnet  # first: makes tf.keras tf-keras for TFMOT
-from tfqnet._keras import keras
+from tfqnet._keras import keras, tf
 from tfqnet.datasets import load_digits
 from tfqnet.models import compile_classifier, digits_cnn
 
@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
     data = load_digits()
     keras.utils.set_random_seed(args.seed)
+    tf.config.experimental.enable_op_determinism()  # the same --seed, the same bytes
     print(f"[1/4] training the float CNN ({args.epochs} epochs)...", flush=True)
     model = compile_classifier(digits_cnn(), 1e-3)
     model.fit(data.x_train, data.y_train, epochs=args.epochs, batch_size=32, verbose=0)
