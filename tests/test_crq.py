@@ -187,10 +187,12 @@ def test_compressed_model_is_bit_identical_and_smaller(int4_model, digits):
     model = tfqnet.FlatbufferModel.from_bytes(compressed)
     decoded = [t for op in model.operators if op.name == DECODE_OP for t in op.outputs]
     # conv1 (144 weights) stays INT4: its 16-byte header and tables would outweigh
-    # the 36 bytes saved; conv2, fc1 and logits become 2-bit indices decoded to int8.
-    assert sorted(model.tensors[i].shape for i in decoded) == [(10, 64), (32, 3, 3, 16), (64, 512)]
+    # the 36 bytes saved; logits (640) too: its indices save 141 bytes, less than the
+    # decoded tensor and decode inputs add to the file. conv2 and fc1 become 2-bit
+    # indices decoded to int8.
+    assert sorted(model.tensors[i].shape for i in decoded) == [(32, 3, 3, 16), (64, 512)]
     assert {model.tensors[i].type for i in decoded} == {"INT8"}
-    assert [t.shape for t in model.tensors if t.type == "INT4"] == [(16, 3, 3, 1)]
+    assert sorted(t.shape for t in model.tensors if t.type == "INT4") == [(10, 64), (16, 3, 3, 1)]
     x = digits.x_test
     reference = tfqnet.run_tflm(int4_model, x, raw=True)
     out = tfqnet.run_tflm(compressed, x, raw=True)
@@ -252,5 +254,19 @@ def test_depthwise_kernel_exports_ternary_and_compresses(digits):
     np.testing.assert_array_equal(
         tfqnet.run_tflm(compressed, x, raw=True), tfqnet.run_tflm(flatbuffer, x, raw=True)
     )
+    assert len(compressed) < len(flatbuffer)
     with pytest.raises(ValueError, match="1-bit"):
         compress(flatbuffer, bits=1)  # ternary needs 2-bit indices
+
+
+def test_compression_that_would_grow_the_file_is_refused(digits):
+    """Ternary filters too small to pay for their tables and decode tensors (36 and 40
+    weights): compressing cannot shrink the file, so it is refused, not done."""
+    keras.utils.set_random_seed(2)
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(4, 3, activation="relu")(inputs)
+    outputs = keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(x))
+    qat = tfqnet.quantize_model(keras.Model(inputs, outputs), method="crq", weight_bits=2)
+    fine_tune(qat, digits, epochs=1)
+    with pytest.raises(ValueError, match="smaller"):
+        compress_ternary(tfqnet.convert(qat, digits.x_train[:50]))

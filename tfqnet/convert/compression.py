@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 from tflite_micro.tensorflow.lite.micro.compression import (
@@ -99,11 +101,16 @@ def compress(flatbuffer: bytes, bits: int | None = None) -> bytes:
     is compressed when its values fit an index narrower than its container (INT4: at
     most 8 distinct values per table, INT8: at most 128), at the narrowest width that
     fits. With ``bits`` (1..7) the filters whose values fit ``bits``-bit indices are
-    compressed at that width. A filter whose indices, decode header and tables would
-    not be smaller than its current buffer stays as it is. Tables are per channel for
+    compressed at that width. A filter stays as it is unless compressing it makes the
+    flatbuffer smaller: its indices, decode header and tables must be smaller than its
+    buffer, and, measured by compressing it alone, the whole file must shrink (each
+    compressed filter also adds a decoded tensor with a copy of its per-channel scales
+    and zero points, and decode-op inputs: ~0.5 KB each on a small MobileNet, more than
+    a depthwise or small filter saves), and filters are added while the file shrinks
+    (largest saving first). Tables are per channel for
     per-channel quantized filters, else per tensor. INT4 filters are unpacked to INT8
     first (TFLM compression does not read INT4). Raises ValueError if no filter
-    qualifies.
+    qualifies or the result would not be smaller than ``flatbuffer``.
 
     **The returned model runs on TensorFlow Lite Micro only** (op ``TFLM_DECODE``);
     a warning says so.
@@ -117,7 +124,7 @@ def compress(flatbuffer: bytes, bits: int | None = None) -> bytes:
     FlatbufferModel.from_bytes(flatbuffer)  # clear error for a non-TFLite input
     model = model_editor.read(bytes(flatbuffer))
 
-    chosen: dict[int, tuple[int, int, model_editor.Tensor, np.ndarray, int, int | None]] = {}
+    chosen: dict[int, tuple[_Filter, model_editor.Tensor]] = {}
     for sg_index, subgraph in enumerate(model.subgraphs):
         for op in subgraph.operators:
             if op.opcode not in _WEIGHTED_OPS or len(op.inputs) < 2:
@@ -140,41 +147,80 @@ def compress(flatbuffer: bytes, bits: int | None = None) -> bytes:
                 continue
             if _compressed_size(codes, width, axis) >= len(tensor.buffer.data):
                 continue  # too small a tensor: header and tables outweigh the savings
-            chosen[id(tensor)] = (sg_index, tensor.index, tensor, codes, width, axis)
+            chosen[id(tensor)] = (_Filter(sg_index, tensor.index, width, axis), tensor)
 
     # A buffer shared with a tensor left as it is must keep its bytes.
     users: dict[int, list[int]] = {}
     for tensor in model_editor.iter_tensors(model):
         if tensor.buffer is not None:
             users.setdefault(id(tensor.buffer), []).append(id(tensor))
-    chosen = {
-        key: entry
-        for key, entry in chosen.items()
-        if all(user in chosen for user in users[id(entry[2].buffer)])
+
+    groups: dict[int, list[_Filter]] = {}  # filters by buffer; a buffer goes as a whole
+    for f, tensor in chosen.values():
+        groups.setdefault(id(tensor.buffer), []).append(f)
+    # Sizes are measured, not estimated: flatbuffer alignment makes savings of several
+    # filters not add up. Each whole-buffer group is tried alone, then added greedily,
+    # largest saving first, while the file keeps shrinking.
+    smallest = len(_compressed(flatbuffer, []))  # rebuilt as the compressed ones are
+    alone = {
+        buffer: len(_compressed(flatbuffer, filters))
+        for buffer, filters in groups.items()
+        if len(filters) == len(users[buffer])
     }
-    if not chosen:
+    chosen_filters: list[_Filter] = []
+    for buffer in sorted((b for b in alone if alone[b] < smallest), key=alone.get):
+        size = len(_compressed(flatbuffer, chosen_filters + groups[buffer]))
+        if size < smallest:
+            chosen_filters, smallest = chosen_filters + groups[buffer], size
+    if not chosen_filters:
         limit = f"{bits}-bit" if bits is not None else "narrower-than-container"
         raise ValueError(
             f"no INT4/INT8 filter has few enough distinct values for {limit} indices "
-            "(and enough weights for the tables to pay off)"
+            "and enough weights for compression to make the model smaller"
         )
-
-    specs = []
-    for sg_index, tensor_index, tensor, codes, width, axis in chosen.values():
-        if tensor.dtype == schema.TensorType.INT4:
-            tensor.dtype = schema.TensorType.INT8
-            tensor.buffer.data = codes.astype(np.int8).tobytes()
-        mode = spec.PerTensor() if axis is None else spec.PerChannel(axis=axis)
-        specs.append(
-            spec.Tensor(
-                subgraph=sg_index,
-                tensor=tensor_index,
-                compression=[spec.LookUpTableCompression(index_bitwidth=width, mode=mode)],
-            )
+    compressed = _compressed(flatbuffer, chosen_filters)
+    if len(compressed) >= len(flatbuffer):
+        raise ValueError(
+            f"compression would not make this model smaller ({len(compressed)} bytes "
+            f"compressed vs {len(flatbuffer)}): its filters are too small for the value "
+            "tables and per-tensor decode overhead to pay off; keep it uncompressed"
         )
-    compressed = bytes(tflm_compress(bytes(model.build()), specs))
     warnings.warn(TFLM_ONLY_WARNING, stacklevel=2)
     return compressed
+
+
+class _Filter(NamedTuple):
+    """A filter to store as ``bits``-bit indices, tables along ``axis`` (None: one)."""
+
+    subgraph: int
+    tensor: int
+    bits: int
+    axis: int | None
+
+
+def _compressed(flatbuffer: bytes, filters: Sequence[_Filter]) -> bytes:
+    """``flatbuffer`` with ``filters`` stored as lookup-table indices (no filters: just
+    rebuilt by the model editor, as the compression tool rebuilds it)."""
+    model = model_editor.read(bytes(flatbuffer))
+    tensors = [model.subgraphs[f.subgraph].tensors[f.tensor] for f in filters]
+    codes = [_codes(t) for t in tensors]  # all read before a shared buffer is rewritten
+    for tensor, values in zip(tensors, codes, strict=True):
+        if tensor.dtype == schema.TensorType.INT4:
+            tensor.dtype = schema.TensorType.INT8
+            tensor.buffer.data = values.astype(np.int8).tobytes()
+    specs = [
+        spec.Tensor(
+            subgraph=f.subgraph,
+            tensor=f.tensor,
+            compression=[spec.LookUpTableCompression(
+                index_bitwidth=f.bits,
+                mode=spec.PerTensor() if f.axis is None else spec.PerChannel(axis=f.axis),
+            )],
+        )
+        for f in filters
+    ]
+    built = bytes(model.build())
+    return bytes(tflm_compress(built, specs)) if specs else built
 
 
 def compress_ternary(flatbuffer: bytes) -> bytes:
@@ -216,3 +262,11 @@ def stored_weight_bytes(flatbuffer: bytes) -> int:
 def _buffer_indices(flatbuffer: bytes) -> list[int]:
     graph = schema.Model.GetRootAs(bytes(flatbuffer), 0).Subgraphs(0)
     return [graph.Tensors(i).Buffer() for i in range(graph.TensorsLength())]
+
+
+def lut_weight_bytes(count: int, index_bits: int, tables: int, entries: int) -> int:
+    """The weight bytes :func:`stored_weight_bytes` counts for a filter of ``count``
+    weights stored as ``index_bits``-bit indices into ``tables`` value tables of
+    ``entries`` int8 values: ``ceil(count * index_bits / 8)`` index bytes, the 16-byte
+    decode header and ``tables * entries`` table bytes (what ``compress`` stores)."""
+    return (count * index_bits + 7) // 8 + _DECODE_HEADER_BYTES + tables * entries
