@@ -34,11 +34,12 @@ write elsewhere (the tests do).
 from __future__ import annotations
 
 import argparse
-import gc
+import multiprocessing
 import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,7 +67,6 @@ from benchmarks.rows import (
     train_float,
 )
 from benchmarks.tasks import TASKS
-from tfqnet._keras import keras
 
 PLOTS = Path(__file__).resolve().parent / "plots"
 TFMOT_DEFAULT = "TFMOT default 8-bit"
@@ -357,10 +357,34 @@ def _set_step_times(ctx: Context) -> None:
         measurement.step_seconds = seconds.get(measurement.extra.get("trained_as", name))
 
 
+def _selected_rows(args: argparse.Namespace) -> list:
+    return [r for r in all_rows() if not args.rows or any(t in r.name for t in args.rows)]
+
+
+def _run_task_seed(args: argparse.Namespace, task_name: str, seed: int) -> dict[str, Measurement]:
+    """Every selected row of one task and seed (run in a child process, see :func:`run`)."""
+    budget = _budget(args)
+    task = TASKS[task_name]().subset(args.train_limit, args.test_limit)
+    float_model = train_float(task, seed, budget.float_epochs[task_name])
+    ctx = Context(task, seed, budget.qat_epochs[task_name], float_model,
+                  measure_arena=not args.no_arena)
+    for row in _selected_rows(args):
+        start = time.monotonic()
+        ctx.results[row.name] = row.run(ctx)
+        _log_row(task_name, seed, row.name, ctx.results[row.name], time.monotonic() - start)
+    _set_step_times(ctx)
+    return dict(ctx.results)
+
+
 def run(args: argparse.Namespace) -> SuiteResult:
-    """Trains, converts and measures every row; writes the section and the plots."""
+    """Trains, converts and measures every row; writes the section and the plots.
+
+    Each task and seed runs in a fresh child process: Keras and the converter keep
+    traced graphs alive in-process, and even with ``clear_session`` after every
+    task-seed the full run grew to 16 GB and was OOM-killed on 24 GB (2026-11-23).
+    """
     budget, started = _budget(args), time.monotonic()
-    rows = [r for r in all_rows() if not args.rows or any(t in r.name for t in args.rows)]
+    rows = _selected_rows(args)
     if not rows:
         raise SystemExit(f"--rows {args.rows} matches no row; rows: "
                          f"{[r.name for r in all_rows()]}")
@@ -368,26 +392,15 @@ def run(args: argparse.Namespace) -> SuiteResult:
     print(f"{machine()}\n{args.command}\nmode {args.mode}: {budget}", flush=True)
     runs: dict[str, dict[str, list[Measurement]]] = {}
     tasks = {}
+    spawn = multiprocessing.get_context("spawn")
     for task_name in budget.tasks:
-        task = TASKS[task_name]().subset(args.train_limit, args.test_limit)
-        tasks[task_name] = task
+        tasks[task_name] = TASKS[task_name]().subset(args.train_limit, args.test_limit)
         runs[task_name] = {r.name: [] for r in rows}
         for seed in range(budget.seeds):
-            float_model = train_float(task, seed, budget.float_epochs[task_name])
-            ctx = Context(task, seed, budget.qat_epochs[task_name], float_model,
-                          measure_arena=not args.no_arena)
+            with ProcessPoolExecutor(1, mp_context=spawn) as child:
+                results = child.submit(_run_task_seed, args, task_name, seed).result()
             for row in rows:
-                start = time.monotonic()
-                measurement = row.run(ctx)
-                ctx.results[row.name] = measurement
-                runs[task_name][row.name].append(measurement)
-                _log_row(task_name, seed, row.name, measurement, time.monotonic() - start)
-            _set_step_times(ctx)
-            # Keras and the converter keep every traced graph alive until cleared: without
-            # this the full run grew to 24 GB and was OOM-killed on its fifth task-seed.
-            del ctx, float_model
-            keras.backend.clear_session()
-            gc.collect()
+                runs[task_name][row.name].append(results[row.name])
     summaries = {t: summarize(r, issues) for t, r in runs.items()}
     plots = _plots(args, runs, summaries, tasks)
     seconds = time.monotonic() - started
