@@ -295,3 +295,101 @@ def test_convert_refuses_unfrozen_widths(budgeted, digits):
     report = srq.freeze_bit_widths(qat)  # the same projection as the freeze callback's
     assert {id(q): q.frozen_width() for q in srq._learned(qat)} == frozen
     assert report.total_bytes <= BUDGET_BYTES
+
+
+# --- compressed storage (TFLM compression: sub-4-bit widths save bytes) ------------------------
+
+
+def test_compressed_storage_counts_lookup_table_bytes():
+    from tfqnet.convert.compression import lut_weight_bytes
+
+    n = SIZES["fc1"]  # a per-tensor Dense kernel: one table
+    assert srq.storage_form(n, 3, "compressed") == ("3-bit LUT", lut_weight_bytes(n, 3, 1, 7))
+    assert srq.kernel_bytes(n, 3, "compressed") == (3 * n) // 8 + 16 + 7 < n // 2
+    assert srq.kernel_bytes(n, 5, "compressed") == (5 * n) // 8 + 16 + 31 < n
+    assert srq.storage_form(n, 4, "compressed") == ("INT4", n // 2)  # 4-bit indices: no gain
+    assert srq.storage_form(n, 8, "compressed") == ("int8", n)  # 255 codes: no 7-bit index
+    # int4 storage is the container whatever the width
+    assert [srq.kernel_bytes(n, b) for b in range(2, 9)] == [n // 2] * 3 + [n] * 4
+    # per channel, the tables and the file overhead: conv2 (32 channels) gains at 2 bits only
+    conv2 = [srq.storage_form(SIZES["conv2"], b, "compressed", 32) for b in range(2, 9)]
+    assert conv2[0] == ("2-bit LUT", 4608 * 2 // 8 + 16 + 32 * 3)
+    assert [form for form, _ in conv2[1:]] == ["INT4", "INT4", "int8", "int8", "int8", "int8"]
+    for size, tables in ((144, 16), (4608, 32), (32768, 1), (640, 1)):  # never more bytes
+        costs = [srq.kernel_bytes(size, b, "compressed", tables) for b in range(2, 9)]
+        assert costs == sorted(costs)
+        assert all(c <= srq.kernel_bytes(size, b) for b, c in zip(range(2, 9), costs, strict=True))
+
+
+def _frozen_with_gates(float_digits_model, storage):
+    """8-bit SRQ under the all-4-bit budget, every gate logit 3 but fc1's above 3 bits at
+    1 (its least confident bits), frozen by the budget projection."""
+    qat = tfqnet.quantize_model(float_digits_model, "srq", 8, 8, storage=storage,
+                                target_weight_kb=ALL_INT4_BYTES / 1024)
+    for quantizer in srq._learned(qat):
+        logits = np.full(6, 3.0, np.float32)
+        if quantizer.size == SIZES["fc1"]:
+            logits[1:] = 1.0
+        quantizer._state["gate_v"].assign(logits / quantizer.gate_speed)
+    report = srq.freeze_bit_widths(qat)
+    return qat, {k: v["weight_bits"] for k, v in report.as_dict().items()}, report
+
+
+def test_compressed_storage_buys_wider_layers_at_the_all_4_bit_budget(float_digits_model):
+    _, int4, report = _frozen_with_gates(float_digits_model, "int4")
+    assert int4 == {"conv1": 4, "conv2": 4, "fc1": 4, "logits": 4}  # the structural limit
+    assert report.total_bytes == ALL_INT4_BYTES
+    _, compressed, report = _frozen_with_gates(float_digits_model, "compressed")
+    # fc1 drops its least confident bits to 3 (a 3-bit LUT): room for the rest at 8 bits
+    assert compressed == {"conv1": 8, "conv2": 8, "fc1": 3, "logits": 8}
+    assert report.total_bytes == (3 * SIZES["fc1"]) // 8 + 16 + 7 + 144 + 4608 + 640
+    assert report.total_bytes <= ALL_INT4_BYTES
+    assert report.as_dict()["fc1"]["stored_as"] == "3-bit LUT"
+    assert "| fc1 | 3 (8) | yes | 32768 | 3-bit LUT |" in report.table()
+
+
+def test_compressed_budget_needs_a_compressed_conversion(float_digits_model):
+    qat, _, _ = _frozen_with_gates(float_digits_model, "compressed")
+    # 21776 bytes in INT4/int8 containers, over the budget: only compress=True meets it
+    # (tfqnet.convert passes its compress argument to this hook before tracing)
+    for compress in (False, 2):
+        with pytest.raises(ConversionError, match="compress=True"):
+            srq.SRQWeightQuantizer.prepare_export(qat, compress=compress)
+    srq.SRQWeightQuantizer.prepare_export(qat, compress=True)
+    with pytest.raises(ValueError, match="storage"):
+        tfqnet.quantize_model(float_digits_model, "srq", 4, 8, storage="int2")
+
+
+# below the all-INT4 bytes: infeasible with INT4 storage, fc1 must go to <= 3 bits compressed
+COMPRESSED_BUDGET = ALL_INT4_BYTES - 2000
+
+
+@pytest.fixture(scope="module")
+def compressed_budgeted(float_digits_model, digits):
+    qat = tfqnet.quantize_model(float_digits_model, "srq", 5, 8, storage="compressed",
+                                target_weight_kb=COMPRESSED_BUDGET / 1024, gate_speed=400.0)
+    fine_tune(qat, digits, epochs=1)
+    with pytest.warns(UserWarning, match="TensorFlow Lite Micro only"):
+        return qat, tfqnet.convert(qat, digits.x_train, compress=True)
+
+
+def test_compressed_budget_is_respected_by_the_flatbuffer(compressed_budgeted, float_digits_model):
+    from tfqnet.convert.compression import DECODE_OP, stored_weight_bytes
+
+    with pytest.raises(ValueError, match="below the smallest"):  # INT4 storage cannot
+        tfqnet.callbacks(tfqnet.quantize_model(float_digits_model, "srq", 5, 8,
+                                               target_weight_kb=COMPRESSED_BUDGET / 1024), 1)
+    qat, flatbuffer = compressed_budgeted
+    report = tfqnet.bit_width_report(qat)
+    rows = report.as_dict()
+    assert rows["fc1"]["weight_bits"] <= 3 and rows["fc1"]["stored_as"].endswith("-bit LUT")
+    assert stored_weight_bytes(flatbuffer) <= report.total_bytes <= COMPRESSED_BUDGET
+    model = tfqnet.FlatbufferModel.from_bytes(flatbuffer)
+    assert DECODE_OP in {op.name for op in model.operators}
+
+
+def test_compressed_budgeted_model_agrees_with_tflm(compressed_budgeted, digits):
+    qat, flatbuffer = compressed_budgeted
+    assert top1_agreement(qat, flatbuffer, digits.x_test) >= 0.99
+    accuracy = np.mean(tfqnet.run_tflm(flatbuffer, digits.x_test).argmax(-1) == digits.y_test)
+    assert accuracy > 0.9

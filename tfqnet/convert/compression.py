@@ -90,7 +90,7 @@ def _compressed_size(codes: np.ndarray, width: int, axis: int | None) -> int:
     """Bytes of the packed indices, the 16-byte decode header and the value tables."""
     tables = [codes] if axis is None else list(np.moveaxis(codes, axis, 0))
     stride = max(np.unique(t).size for t in tables)
-    return (codes.size * width + 7) // 8 + _DECODE_HEADER_BYTES + len(tables) * stride
+    return lut_weight_bytes(codes.size, width, len(tables), stride)
 
 
 def compress(flatbuffer: bytes, bits: int | None = None) -> bytes:

@@ -70,16 +70,17 @@ def _check_initialized(model: keras.Model) -> None:
         )
 
 
-def _prepare_export(model: keras.Model) -> None:
-    """Runs each quantizer type's ``prepare_export(model)`` hook, if it has one, before
-    the converter traces the model: static choices made from variables (SRQ's learned
-    bit-widths pick the INT4 or int8 container) are refreshed from the trained state."""
+def _prepare_export(model: keras.Model, compress: bool | int) -> None:
+    """Runs each quantizer type's ``prepare_export(model, compress=...)`` hook, if it has
+    one, before the converter traces the model: static choices made from variables (SRQ's
+    learned bit-widths pick the INT4 or int8 container) are refreshed from the trained
+    state, and a hook can refuse a storage its budget was not computed for."""
     from tfqnet.quantize.api import quantizers_of
 
     for quantizer_type in dict.fromkeys(type(q) for q in quantizers_of(model)):
         hook = getattr(quantizer_type, "prepare_export", None)
         if hook is not None:
-            hook(model)
+            hook(model, compress=compress)
 
 
 def convert(
@@ -125,7 +126,7 @@ def convert(
             raise ValueError(f"{name} must be one of {sorted(IO_TYPES)}, got {value!r}.")
     samples = _as_input_list(qat_model, representative_data)
     _check_initialized(qat_model)
-    _prepare_export(qat_model)
+    _prepare_export(qat_model, compress)
     keras_model = qat_model
     if raw_pixels:
         keras_model, samples = raw_input.int8_input_model(qat_model, samples, input_type)

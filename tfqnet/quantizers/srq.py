@@ -70,19 +70,43 @@ all bits kept, ~1% chance each gate samples 0). The costs, added as a model loss
   expected weight storage at the learned widths, ``E[b] = 2 + sum_b prod_{j<=b} P(g_j
   > 0)`` (the hard-concrete L0 probabilities);
 * ``target_weight_kb`` (1 KB = 1024 bytes): a budget on the total bytes of all kernels
-  as exported: ``budget_penalty * relu(E[bytes] - budget) / budget``. Export stores
-  ``<= 4``-bit kernels as packed INT4 and wider ones in int8, so a layer's bytes are
-  ``n/2`` or ``n``: only the gate of the 5th bit changes them and only it gets this
-  gradient (the gates below it get a stopped gradient: they cost no bytes).
+  as exported: ``budget_penalty * relu(E[bytes] - budget) / budget``, with
+  ``E[bytes] = B_2 + sum_b sg(P_3 ... P_{b-1}) P_b (B_b - B_{b-1})`` (``B_b`` the
+  kernel's bytes at ``b`` bits, ``P_b`` its gate's L0 probability, ``sg`` a stopped
+  gradient: each gate pays for its own bit's bytes only).
 
-A budget below the all-2-bit model (= the all-INT4 bytes) raises ``ValueError``
-when :func:`tfqnet.callbacks` is called, before training.
+**Storage** (``storage``, how the budget counts bytes):
+
+* ``"int4"`` (default): as :func:`tfqnet.convert` stores kernels, ``<= 4`` bits as packed
+  INT4 and wider ones in int8, so a layer's bytes are ``n/2`` or ``n``: only the gate of
+  the 5th bit changes them. Going below 4 bits saves no flash, so at a budget of the
+  all-4-bit bytes every layer ends at (at most) 4 bits.
+* ``"compressed"``: as ``tfqnet.convert(..., compress=True)`` stores them (TFLM
+  compression, op ``TFLM_DECODE``: **the model runs on TensorFlow Lite Micro only**):
+  a ``b``-bit kernel (``b <= 7``) as ``b``-bit indices into value tables of ``2**b - 1``
+  int8 entries (one table per output channel for per-channel kernels, one for
+  per-tensor Dense kernels) plus a 16-byte decode header, where that beats its
+  INT4/int8 container by more than a bound on the file overhead of a compressed filter
+  (:func:`storage_form`; ``compress`` keeps a filter only if the file shrinks). Bits
+  below 4 and between 5 and 7 then save flash, so a budget of the all-4-bit bytes can
+  buy wider layers with narrower ones. :func:`tfqnet.convert` must get
+  ``compress=True`` when the widths fit the budget only compressed
+  (:meth:`SRQWeightQuantizer.prepare_export`; with no kernel counted as compressed,
+  convert without it: ``compress`` refuses a model it cannot shrink). The weight bytes
+  of the result (:func:`tfqnet.convert.compression.stored_weight_bytes`) are then at
+  most the report's, as long as the overhead bound holds (``compress`` measures the
+  file and leaves a filter uncompressed if it does not shrink it; the bound has margin
+  on the digits CNN, where the tests check the flatbuffer against the budget).
+
+A budget below the all-2-bit model (all-INT4 bytes, less with compressed storage)
+raises ``ValueError`` when :func:`tfqnet.callbacks` is called, before training.
 
 **Freezing and export.** The ``BitWidthFreeze`` callback (from :func:`tfqnet.callbacks`)
 freezes the widths at the start of the last ``freeze_fraction`` of the epochs (default
 0.2, at least one epoch when ``epochs >= 3``; else at the end of training): it
 computes the inference widths, projects them onto the budget (:func:`freeze_bit_widths`:
-lowest 5th-bit gate logit to INT4 first, then room given back) and stores them in each layer's
+the layer whose next cheaper width drops the bit of the lowest gate logit steps down
+first, INT4 storage: to 4 bits; then room given back) and stores them in each layer's
 ``srq_frozen_bits`` weight. Frozen layers train at that fixed width without DropBits.
 The width lives in variables, but the FakeQuant container (INT4 or int8) must be a
 static Python choice when the converter traces the model. So:
@@ -96,7 +120,8 @@ static Python choice when the converter traces the model. So:
   the model afresh, so it always sees the current frozen widths;
 * :func:`tfqnet.convert` first calls :meth:`SRQWeightQuantizer.prepare_export`,
   which raises :class:`~tfqnet.errors.ConversionError` if a learned width is not
-  frozen (it would silently export int8) or the widths exceed the budget.
+  frozen (it would silently export int8) or the widths exceed the budget (or fit it
+  only compressed and the conversion does not compress).
 
 :func:`bit_width_report` gives the per-layer table (learned bits, weight bytes, share
 of the budget). Activations keep their configured width (8 bits by default and at
@@ -108,6 +133,11 @@ Usage::
     q.fit(x, y, epochs=E, callbacks=tfqnet.callbacks(q, E))  # loss + freeze callback
     print(tfqnet.bit_width_report(q).table())      # or .as_dict()
     flatbuffer = tfqnet.convert(q, x[:200])
+    # TFLM only: sub-4-bit and 5..7-bit kernels as compressed lookup-table indices
+    q = tfqnet.quantize_model(model, "srq", weight_bits=8, target_weight_kb=20,
+                              storage="compressed")
+    ...
+    flatbuffer = tfqnet.convert(q, x[:200], compress=True)
 """
 
 from __future__ import annotations
@@ -148,6 +178,18 @@ GATE_SPEED = 100.0
 BUDGET_PENALTY = 1.0
 FREEZE_FRACTION = 0.2
 BYTES_PER_KB = 1024
+#: ``storage`` options: kernels in their INT4/int8 containers, or TFLM-compressed
+STORAGES = ("int4", "compressed")
+#: Bound on the bytes a TFLM-compressed filter adds to the flatbuffer besides its indices,
+#: header and tables: the decoded tensor (with a copy of the quantization parameters: a
+#: float32 scale and an int64 zero point per channel), the ancillary tensor, their
+#: buffers and the TFLM_DECODE operator. ``compress`` keeps a filter only if the file
+#: shrinks, so SRQ counts a kernel as compressed only when the saving beats this bound.
+#: Measured on the digits CNN: 153-177 bytes per tensor, 364-378 with 16 channels,
+#: 552-560 with 32 for one filter alone, up to ~190 more when a second filter is
+#: compressed too (flatbuffer alignment); the bound has room for both and longer names.
+DECODE_OVERHEAD_BYTES = 384
+DECODE_OVERHEAD_PER_TABLE = 16
 
 
 # --- the semi-relaxed quantizer ------------------------------------------------------------
@@ -212,6 +254,12 @@ def _combine(quantized: Sequence[tf.Tensor], gates: tf.Tensor) -> tf.Tensor:
     return out
 
 
+def _check_storage(storage: str) -> str:
+    if storage not in STORAGES:
+        raise ValueError(f"storage must be one of {STORAGES}, got {storage!r}.")
+    return storage
+
+
 def _check_probability(value: float, what: str) -> float:
     if not 0.0 <= float(value) < 1.0:
         raise ValueError(f"{what} must be in [0, 1), got {value!r}.")
@@ -223,9 +271,39 @@ def container_bits(width: int) -> int:
     return grid.weight_storage_bits(width)
 
 
-def kernel_bytes(size: int, width: int) -> int:
-    """Flatbuffer bytes of a kernel of ``size`` weights stored at ``width`` bits."""
-    return (size * container_bits(width) + 7) // 8
+def storage_form(size: int, width: int, storage: str = "int4", tables: int = 1
+                 ) -> tuple[str, int]:
+    """How a kernel of ``size`` weights at ``width`` bits is stored, and its weight bytes.
+
+    ``"int4"`` storage (plain :func:`tfqnet.convert`): its container, ``ceil(size * c /
+    8)`` bytes with ``c`` = 4 (packed INT4) for ``width <= 4``, else 8 (int8).
+    ``"compressed"`` storage (``tfqnet.convert(..., compress=True)``, TFLM only): the
+    ``width``-bit lookup-table indices, decode header and ``tables`` tables of
+    ``2**width - 1`` entries (every code of the narrow-range grid;
+    :func:`tfqnet.convert.compression.lut_weight_bytes`) when those plus
+    ``DECODE_OVERHEAD_BYTES + DECODE_OVERHEAD_PER_TABLE * tables`` (a bound on what a
+    compressed filter adds to the file besides them) are fewer than the container
+    bytes: then the compression shrinks the file, so ``compress`` stores the kernel so
+    (a kernel using fewer codes only gets smaller). Else the container.
+    """
+    packed = (size * container_bits(width) + 7) // 8
+    container = "INT4" if container_bits(width) == INT4_MAX_BITS else "int8"
+    if storage == "int4":
+        return container, packed
+    from tfqnet.convert.compression import MAX_INDEX_BITS, lut_weight_bytes  # tflite_micro
+
+    if width > MAX_INDEX_BITS:
+        return container, packed
+    lut = lut_weight_bytes(size, width, tables, 2 * grid.weight_qmax(width) + 1)
+    overhead = DECODE_OVERHEAD_BYTES + DECODE_OVERHEAD_PER_TABLE * tables
+    return (f"{width}-bit LUT", lut) if lut + overhead < packed else (container, packed)
+
+
+def kernel_bytes(size: int, width: int, storage: str = "int4", tables: int = 1) -> int:
+    """Weight bytes of a kernel of ``size`` weights stored at ``width`` bits
+    (:func:`storage_form`; ``tables``: its value tables, one per output channel when
+    the kernel is quantized per channel)."""
+    return storage_form(size, width, storage, tables)[1]
 
 
 # --- quantizers ---------------------------------------------------------------------------
@@ -272,6 +350,7 @@ class SRQWeightQuantizer(_SRQQuantizer):
         budget_penalty: float = BUDGET_PENALTY,
         freeze_fraction: float = FREEZE_FRACTION,
         gate_speed: float = GATE_SPEED,
+        storage: str = "int4",
     ):
         self.bits = grid.check_bits(bits, "weight bits")
         self.per_axis = bool(per_axis)
@@ -283,8 +362,10 @@ class SRQWeightQuantizer(_SRQQuantizer):
         self.budget_penalty = float(budget_penalty)
         self.freeze_fraction = float(freeze_fraction)
         self.gate_speed = float(gate_speed)
+        self.storage = _check_storage(storage)
         self._state: dict[str, tf.Variable] | None = None
         self.size = 0
+        self.tables = 1
 
     def get_config(self) -> dict:
         return {
@@ -298,6 +379,7 @@ class SRQWeightQuantizer(_SRQQuantizer):
             "budget_penalty": self.budget_penalty,
             "freeze_fraction": self.freeze_fraction,
             "gate_speed": self.gate_speed,
+            "storage": self.storage,
         }
 
     @property
@@ -324,6 +406,7 @@ class SRQWeightQuantizer(_SRQQuantizer):
             state["frozen_bits"] = self.add_state(layer, name + "_srq_frozen_bits")
         self._state = state
         self.size = math.prod(int(d) for d in tensor_shape)
+        self.tables = shape[0] if shape else 1  # per-channel kernels: a table per channel
         return state
 
     # --- widths (graph and numpy) --------------------------------------------------------
@@ -366,14 +449,23 @@ class SRQWeightQuantizer(_SRQQuantizer):
         keep = nonzero_probability(self.gate_logits())
         return MIN_BITS + tf.reduce_sum(tf.math.cumprod(keep))
 
+    def stored_bytes(self, width: int) -> int:
+        """Weight bytes of this kernel at ``width`` bits in its ``storage``."""
+        return kernel_bytes(self.size, width, self.storage, self.tables)
+
     def expected_bytes(self) -> tf.Tensor:
-        """Expected exported bytes; only the gate of the first int8 width gets a gradient."""
-        if self.bits <= INT4_MAX_BITS or not self.learn_bits:
-            return tf.constant(float(kernel_bytes(self.size, self.bits)))
+        """Expected exported bytes ``B_2 + sum_b sg(P_3 ... P_{b-1}) P_b (B_b - B_{b-1})``
+        (``B_b`` = :meth:`stored_bytes` of width ``b``, ``P_b = P(g_b > 0)``, ``sg`` the
+        stopped gradient). Each gate gets the gradient of the bytes of its own bit only,
+        not of the bits above it: pushing a low gate for the bytes of the high bits would
+        drop the most useful bits first. INT4 storage: only the 5th-bit gate costs bytes."""
+        if not self.learn_bits:
+            return tf.constant(float(self.stored_bytes(self.bits)))
+        costs = np.array([self.stored_bytes(b) for b in range(MIN_BITS, self.bits + 1)],
+                         np.float32)
         keep = nonzero_probability(self.gate_logits())
-        edge = INT4_MAX_BITS + 1 - MIN_BITS  # gates of widths 3..5: indices 0..2
-        wide = tf.reduce_prod(tf.stop_gradient(keep[: edge - 1])) * keep[edge - 1]
-        return self.size / 8.0 * (4.0 + 4.0 * wide)
+        below = tf.stop_gradient(tf.math.cumprod(keep, exclusive=True))
+        return costs[0] + tf.reduce_sum(below * keep * np.diff(costs))
 
     # --- forward ---------------------------------------------------------------------------
 
@@ -419,7 +511,7 @@ class SRQWeightQuantizer(_SRQQuantizer):
 
     def loss_settings(self) -> tuple:
         return (self.bit_penalty, self.target_weight_kb, self.budget_penalty,
-                self.freeze_fraction)
+                self.freeze_fraction, self.storage)
 
     @classmethod
     def callbacks(cls, model: keras.Model, epochs: int) -> list[keras.callbacks.Callback]:
@@ -431,7 +523,7 @@ class SRQWeightQuantizer(_SRQQuantizer):
         if not learned:
             return []
         settings = _settings(learned)
-        bit_penalty, target_kb, budget_penalty, fraction = settings
+        bit_penalty, target_kb, budget_penalty, fraction, _ = settings
         if target_kb is not None:
             _check_feasible(model, target_kb)
         if not getattr(model, "_tfqnet_srq_loss", False):
@@ -447,10 +539,16 @@ class SRQWeightQuantizer(_SRQQuantizer):
         return [BitWidthFreeze(freeze_epoch)]
 
     @classmethod
-    def prepare_export(cls, model: keras.Model) -> None:
+    def prepare_export(cls, model: keras.Model, compress: bool | int = False) -> None:
         """Called by :func:`tfqnet.convert` before tracing: refuses learned widths that
         are not frozen (their container would be int8 whatever the width) or that
-        exceed the budget."""
+        exceed the budget.
+
+        ``compress``: the ``compress`` argument of the conversion. A budget met only
+        with ``storage="compressed"`` (some kernel counted as lookup-table indices) needs
+        ``compress=True``: ``compress=False`` (or an index width, which does not follow
+        the learned widths) is refused with :class:`~tfqnet.errors.ConversionError`.
+        """
         from tfqnet.errors import ConversionError
 
         learned = _learned(model)
@@ -462,16 +560,27 @@ class SRQWeightQuantizer(_SRQQuantizer):
                 "(they freeze the widths by the end of fit) or call "
                 "tfqnet.quantizers.srq.freeze_bit_widths(model) before converting."
             )
-        if learned:
-            report = bit_width_report(model)
-            if report.budget_bytes is not None and report.total_bytes > report.budget_bytes:
-                raise ConversionError(
-                    f"the learned bit-widths need {report.total_bytes} weight bytes, over "
-                    f"the budget of {report.budget_bytes} (target_weight_kb="
-                    f"{report.budget_bytes / BYTES_PER_KB:g}). Fine-tune with the callbacks "
-                    "from tfqnet.callbacks (their freeze step fits the widths to the budget) "
-                    "or call tfqnet.quantizers.srq.freeze_bit_widths(model) first."
-                )
+        report = bit_width_report(model)
+        if not learned or report.budget_bytes is None:
+            return
+        if report.total_bytes > report.budget_bytes:
+            raise ConversionError(
+                f"the learned bit-widths need {report.total_bytes} weight bytes, over "
+                f"the budget of {report.budget_bytes} (target_weight_kb="
+                f"{report.budget_bytes / BYTES_PER_KB:g}). Fine-tune with the callbacks "
+                "from tfqnet.callbacks (their freeze step fits the widths to the budget) "
+                "or call tfqnet.quantizers.srq.freeze_bit_widths(model) first."
+            )
+        packed = sum(kernel_bytes(r["weights"], r["weight_bits"]) for r in report.rows)
+        if compress is True or packed <= report.budget_bytes:
+            return
+        message = (
+            f"the learned bit-widths fit the budget of {report.budget_bytes} weight bytes "
+            f"only as TFLM-compressed lookup-table indices ({report.total_bytes} bytes; "
+            f"{packed} in INT4/int8 containers): convert with compress=True (the model then "
+            "runs on TensorFlow Lite Micro only)."
+        )
+        raise ConversionError(message + f" Got compress={compress!r}.")
 
 
 @register
@@ -551,7 +660,7 @@ def _settings(learned: Sequence[SRQWeightQuantizer]) -> tuple:
 
 
 def _width_loss(learned, fixed_bytes: float, settings: tuple) -> tf.Tensor:
-    bit_penalty, target_kb, budget_penalty, _ = settings
+    bit_penalty, target_kb, budget_penalty, _, _ = settings
     loss = tf.constant(0.0)
     if bit_penalty > 0:
         bits = tf.add_n([q.size * q.expected_bits() for q in learned])
@@ -563,18 +672,21 @@ def _width_loss(learned, fixed_bytes: float, settings: tuple) -> tf.Tensor:
     return loss
 
 
+def _fixed_bytes(model: keras.Model) -> int:
+    """Weight bytes of the kernels whose width is not learned."""
+    return sum(row["weight_bytes"] for row in bit_width_report(model).rows if not row["learned"])
+
+
 def _check_feasible(model: keras.Model, target_kb: float) -> None:
-    report = bit_width_report(model)
-    smallest = sum(
-        kernel_bytes(row["weights"], MIN_BITS) if row["learned"] else row["weight_bytes"]
-        for row in report.rows
-    )
+    learned = _learned(model)
+    smallest = _fixed_bytes(model) + sum(q.stored_bytes(MIN_BITS) for q in learned)
     budget = target_kb * BYTES_PER_KB
     if budget < smallest:
         raise ValueError(
             f"target_weight_kb={target_kb:g} ({budget:.0f} bytes) is below the smallest "
             f"model SRQ can export, {smallest} bytes ({smallest / BYTES_PER_KB:.2f} KB: "
-            "every learned kernel at 2 bits, stored as packed INT4, the other kernels at "
+            "every learned kernel at 2 bits, stored as packed INT4 (or, with "
+            "storage='compressed', as 2-bit indices where smaller), the other kernels at "
             "their fixed widths). Raise the target, or skip/shrink layers."
         )
 
@@ -582,52 +694,72 @@ def _check_feasible(model: keras.Model, target_kb: float) -> None:
 def freeze_bit_widths(model: keras.Model) -> BitWidthReport:
     """Freezes every learned width at its inference value, fitted to the budget.
 
-    A projection of the learned widths onto ``target_weight_kb``: while they exceed it,
-    the int8 layer whose 5th-bit gate logit is lowest (the one training was closest
-    to dropping) goes to 4 bits (INT4); then layers that only the 5th-bit gate keeps
-    at 4 bits get their wider width back, highest 5th-bit logit first, while the
-    budget allows. Widths frozen before are never changed (a traced graph may hold
-    their container). Returns the report of the frozen widths.
+    A projection of the learned widths onto ``target_weight_kb``, by the layers' bytes
+    at each width (:meth:`SRQWeightQuantizer.stored_bytes`). While they exceed the
+    budget, one layer steps down to its next width that takes fewer bytes (INT4
+    storage: from any int8 width to 4 bits; compressed storage: usually one bit): the
+    layer whose gate of the lowest dropped bit has the lowest logit (the bit training
+    was closest to dropping). Then room is given back: layers whose next bit costs
+    bytes get their wider width back (the gate of the next bit forced on, the ladder
+    of kept gates above it), highest logit of that gate first, as wide as the budget
+    allows, pass after pass until nothing changes. Widths frozen before are never
+    changed (a traced graph may hold their container). Returns the report of the
+    frozen widths.
     """
     learned = _learned(model)
     if not learned:
         return bit_width_report(model)
     widths = {id(q): q.width() for q in learned}
-    # only layers of more than 4 bits that are not frozen yet can change their bytes
-    movable = [q for q in learned if q.frozen_width() is None and q.bits > INT4_MAX_BITS]
+    movable = [q for q in learned if q.frozen_width() is None]  # frozen: never changed
     target_kb = _settings(learned)[1]
     if target_kb is not None:
         _check_feasible(model, target_kb)
         budget = target_kb * BYTES_PER_KB
-        fixed = sum(r["weight_bytes"] for r in bit_width_report(model).rows if not r["learned"])
+        fixed = _fixed_bytes(model)
 
         def total() -> int:
-            return fixed + sum(kernel_bytes(q.size, widths[id(q)]) for q in learned)
+            return fixed + sum(q.stored_bytes(widths[id(q)]) for q in learned)
 
-        def fifth_bit_logit(q: SRQWeightQuantizer) -> float:
-            return float(q.gate_logits()[INT4_MAX_BITS + 1 - MIN_BITS - 1])
+        def gate_logit(q: SRQWeightQuantizer, width: int) -> float:
+            """The logit of the gate that keeps bit ``width``."""
+            return float(q.gate_logits()[width - MIN_BITS - 1])
+
+        def cheaper(q: SRQWeightQuantizer) -> int | None:
+            width = widths[id(q)]
+            fewer = [b for b in range(MIN_BITS, width)
+                     if q.stored_bytes(b) < q.stored_bytes(width)]
+            return max(fewer) if fewer else None
 
         while total() > budget:
-            wide = [q for q in movable if widths[id(q)] > INT4_MAX_BITS]
-            if not wide:
+            steps = [(q, cheaper(q)) for q in movable if cheaper(q) is not None]
+            if not steps:
                 raise ValueError(
                     f"the frozen SRQ widths need {total()} bytes, over the budget of "
                     f"{budget:.0f}; unfreeze them (assign 0 to the srq_frozen_bits weights) "
                     "or raise target_weight_kb."
                 )
-            widths[id(min(wide, key=fifth_bit_logit))] = INT4_MAX_BITS
-        # Layers held at 4 bits by the 5th-bit gate alone: the budget loss pushes every
-        # over-budget layer down at once (Adam's steps do not scale with a layer's
-        # bytes), so give back the room it over-freed, highest logit first.
-        for q in sorted(movable, key=fifth_bit_logit, reverse=True):
-            if widths[id(q)] != INT4_MAX_BITS:
-                continue
-            keep = q.gate_logits().numpy() > 0.0
-            keep[INT4_MAX_BITS + 1 - MIN_BITS - 1] = True
-            wider = ladder_width(keep)
-            extra = kernel_bytes(q.size, wider) - kernel_bytes(q.size, INT4_MAX_BITS)
-            if total() + extra <= budget:
-                widths[id(q)] = wider
+            q, width = min(steps, key=lambda step: gate_logit(step[0], step[1] + 1))
+            widths[id(q)] = width
+
+        # The budget loss pushes every over-budget gate down at once (Adam's steps do not
+        # scale with a bit's bytes), so give back the room it over-freed.
+        def next_bit_costs(q: SRQWeightQuantizer) -> bool:
+            width = widths[id(q)]
+            return width < q.bits and q.stored_bytes(width + 1) > q.stored_bytes(width)
+
+        changed = True
+        while changed:
+            changed = False
+            ranked = sorted((q for q in movable if next_bit_costs(q)),
+                            key=lambda q: gate_logit(q, widths[id(q)] + 1), reverse=True)
+            for q in ranked:
+                width = widths[id(q)]
+                keep = q.gate_logits().numpy() > 0.0
+                keep[width + 1 - MIN_BITS - 1] = True
+                for wider in range(ladder_width(keep), width, -1):
+                    if total() - q.stored_bytes(width) + q.stored_bytes(wider) <= budget:
+                        widths[id(q)], changed = wider, True
+                        break
     for quantizer in learned:
         quantizer._state["frozen_bits"].assign(float(widths[id(quantizer)]))
     return bit_width_report(model)
@@ -667,14 +799,14 @@ class BitWidthReport:
         return sum(row["weight_bytes"] for row in self.rows)
 
     def as_dict(self) -> dict[str, dict]:
-        """``{layer: {"weight_bits", "max_bits", "learned", "weights", "weight_bytes",
-        "budget_share"}}``."""
+        """``{layer: {"weight_bits", "max_bits", "learned", "weights", "stored_as",
+        "weight_bytes", "budget_share"}}``."""
         return {row["layer"]: {k: v for k, v in row.items() if k != "layer"} for row in self.rows}
 
     def table(self) -> str:
         """A markdown table, one row per kernel plus the total."""
-        lines = ["| layer | bits (max) | learned | weights | weight bytes | share of budget |",
-                 "|---|---|---|---|---|---|"]
+        lines = ["| layer | bits (max) | learned | weights | stored as | weight bytes | "
+                 "share of budget |", "|---|---|---|---|---|---|---|"]
 
         def share(value):
             return "—" if value is None else f"{100 * value:.1f}%"
@@ -683,11 +815,11 @@ class BitWidthReport:
             lines.append(
                 f"| {row['layer']} | {row['weight_bits']} ({row['max_bits']}) | "
                 f"{'yes' if row['learned'] else 'no'} | {row['weights']} | "
-                f"{row['weight_bytes']} | {share(row['budget_share'])} |"
+                f"{row['stored_as']} | {row['weight_bytes']} | {share(row['budget_share'])} |"
             )
         budget = "no budget" if self.budget_bytes is None else f"budget {self.budget_bytes}"
         total_share = None if self.budget_bytes is None else self.total_bytes / self.budget_bytes
-        lines.append(f"| total ({budget}) | | | {sum(r['weights'] for r in self.rows)} | "
+        lines.append(f"| total ({budget}) | | | {sum(r['weights'] for r in self.rows)} | | "
                      f"{self.total_bytes} | {share(total_share)} |")
         return "\n".join(lines)
 
@@ -703,6 +835,10 @@ def bit_width_report(model: keras.Model) -> BitWidthReport:
     count as int8 (the converter quantizes them post-training). Bytes are those the
     flatbuffer's kernel tensors take (INT4: two weights a byte), so the total equals
     ``tfqnet.FlatbufferModel.from_bytes(tfqnet.convert(model, x)).weight_bytes()``.
+    SRQ kernels with ``storage="compressed"`` count as :func:`storage_form` stores them
+    (lookup-table indices where that shrinks the file): an upper bound of
+    ``tfqnet.convert.compression.stored_weight_bytes(tfqnet.convert(model, x,
+    compress=True))``, equal when every table holds all codes of its width.
     """
     from tfqnet.quantize.configs import LayerQuantizeConfig
     from tfqnet.quantize.registry import WEIGHTED_LAYERS
@@ -717,18 +853,24 @@ def bit_width_report(model: keras.Model) -> BitWidthReport:
         size = int(np.prod(getattr(inner, attr).shape))
         config = getattr(layer, "quantize_config", None)
         quantizer = config.weight_quantizer if isinstance(config, LayerQuantizeConfig) else None
-        learned = isinstance(quantizer, SRQWeightQuantizer) and quantizer.learn_bits
+        srq_kernel = isinstance(quantizer, SRQWeightQuantizer)
+        learned = srq_kernel and quantizer.learn_bits
         if learned:
             width, targets = quantizer.width(), targets | {quantizer.target_weight_kb}
         else:
             width = getattr(quantizer, "bits", 8)
+        stored_as, weight_bytes = (
+            storage_form(size, width, quantizer.storage, quantizer.tables) if srq_kernel
+            else storage_form(size, width)
+        )
         rows.append({
             "layer": inner.name,
             "weight_bits": width,
             "max_bits": quantizer.bits if learned else width,
             "learned": learned,
             "weights": size,
-            "weight_bytes": kernel_bytes(size, width),
+            "stored_as": stored_as,
+            "weight_bytes": weight_bytes,
             "budget_share": None,
         })
     targets.discard(None)
@@ -749,8 +891,10 @@ class SRQMethod(QuantizationMethod):
     Options (see :mod:`tfqnet.quantizers.srq`): ``drop_probability`` (0.1),
     ``activation_drop_probability`` (0.0), ``bit_penalty`` (0.0, loss per KiB of
     expected weight storage), ``target_weight_kb`` (None), ``budget_penalty`` (1.0),
-    ``freeze_fraction`` (0.2), ``gate_speed`` (100.0). Widths are learned (between 2 and
-    each layer's ``weight_bits``) iff ``bit_penalty > 0`` or ``target_weight_kb`` is set.
+    ``freeze_fraction`` (0.2), ``gate_speed`` (100.0), ``storage`` ("int4"; or
+    "compressed": the budget counts TFLM-compressed kernels, convert with
+    ``compress=True``, TFLM only). Widths are learned (between 2 and each layer's
+    ``weight_bits``) iff ``bit_penalty > 0`` or ``target_weight_kb`` is set.
     """
 
     name = "srq"
@@ -764,6 +908,7 @@ class SRQMethod(QuantizationMethod):
         budget_penalty: float = BUDGET_PENALTY,
         freeze_fraction: float = FREEZE_FRACTION,
         gate_speed: float = GATE_SPEED,
+        storage: str = "int4",
     ):
         _check_probability(drop_probability, "drop_probability")
         _check_probability(activation_drop_probability, "activation_drop_probability")
@@ -786,6 +931,7 @@ class SRQMethod(QuantizationMethod):
             "budget_penalty": float(budget_penalty),
             "freeze_fraction": float(freeze_fraction),
             "gate_speed": float(gate_speed),
+            "storage": _check_storage(storage),
         }
 
     def weight_quantizer(self, bits, per_axis, channel_dims):
