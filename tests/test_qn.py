@@ -239,6 +239,91 @@ def test_activation_gradients_match_finite_differences(bits):
     np.testing.assert_allclose(float(d_log_beta), beta * fd_beta, rtol=2e-3, atol=1e-6)
 
 
+# --- final hard phase ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("per_axis", [False, True])
+def test_hard_phase_trains_the_inference_forward_with_the_soft_gradient(per_axis):
+    """hard = 1: the training forward is the deployed step function; its gradient is the
+    soft function's at the current T (straight-through estimator with the QN surrogate)."""
+    quantizer = qn.QNWeightQuantizer(POW2, per_axis=per_axis)
+    temperature = 3.0
+    x = np.linspace(-2.5, 2.5, 82).reshape(41, 2)
+    state = dict(POW2_STATE, temperature=temperature, hard=1.0)
+    if per_axis:
+        state.update(alpha=[0.3, 0.3], beta=[1.7, 1.7])
+    weights = _built(quantizer, x.shape, state)
+    upstream = np.random.default_rng(4).normal(size=x.shape)
+    xt = tf.constant(x, tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        y = quantizer(xt, training=True, weights=weights)
+        loss = tf.reduce_sum(y * upstream)
+    d_x = tape.gradient(loss, xt).numpy()
+    inference = quantizer(xt, training=False, weights=weights).numpy()
+    np.testing.assert_allclose(y.numpy(), inference, rtol=1e-6, atol=1e-7)
+    b = POW2_STATE["thresholds"]
+    np.testing.assert_allclose(
+        y.numpy(), _weight_step(x, 0.3, 1.7, b, POW2), rtol=1e-6, atol=1e-7
+    )
+    sig = _sigmoid(temperature * (1.7 * x[..., None] - np.asarray(b)))
+    closed = temperature * 1.7 * 0.3 * (np.diff(POW2) * sig * (1 - sig)).sum(-1)
+    np.testing.assert_allclose(d_x, upstream * closed, rtol=1e-3, atol=1e-5)
+    # the soft phase (hard = 0) of the same state is visibly different at T = 3
+    weights["hard"].assign(0.0)
+    soft = quantizer(xt, training=True, weights=weights).numpy()
+    assert np.abs(soft - inference).max() > 0.1
+
+
+@pytest.mark.parametrize("bits", [2, 8])
+def test_activation_hard_phase_is_the_inference_fake_quant(bits):
+    quantizer = qn.QNActivationQuantizer(bits=bits)
+    n = 2**bits - 1
+    alpha, beta, z = 1.5 / n, 0.9 * n / 1.5, 1.0
+    weights = _built(
+        quantizer,
+        (None, 61),
+        {"alpha": alpha, "beta": beta, "zero_point": z, "temperature": 6.0, "hard": 1.0},
+    )
+    x = np.linspace(-0.3, 1.8, 61)[None]
+    xt = tf.constant(x, tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        y = quantizer(xt, training=True, weights=weights)
+        loss = tf.reduce_sum(y)
+    inference = quantizer(xt, training=False, weights=weights).numpy()
+    np.testing.assert_array_equal(y.numpy(), inference)
+    # FakeQuant's straight-through gradient: 1 inside the grid's range, 0 outside
+    inside = (x >= -z * alpha) & (x <= (n - z) * alpha)
+    assert 0 < inside.sum() < inside.size
+    np.testing.assert_array_equal(tape.gradient(loss, xt).numpy(), inside.astype(np.float32))
+
+
+@pytest.mark.parametrize(
+    ("epochs", "fraction", "hard_from"), [(6, 0.5, 3), (3, 0.5, 2), (6, 0.0, 6), (1, 0.5, 1)]
+)
+def test_schedule_ends_with_the_hard_fraction_of_epochs(
+    float_digits_model, epochs, fraction, hard_from
+):
+    qat = tfqnet.quantize_model(
+        float_digits_model, method="qn", weight_bits=2, hard_fraction=fraction
+    )
+    flags = [v for v in qat.variables if v.name.endswith(("_qn_weight_hard:0",
+                                                          "_qn_activation_hard:0"))]
+    temperatures = [v for v in qat.variables if "temperature" in v.name]
+    assert len(flags) == len(temperatures) == 9 and {float(v) for v in flags} == {0.0}
+    callbacks = tfqnet.callbacks(qat, epochs)
+    assert {c.hard_from for c in callbacks} == {hard_from}  # floor(fraction * epochs) hard
+    for epoch in range(epochs):
+        for callback in callbacks:
+            callback.set_model(qat)
+            callback.on_epoch_begin(epoch)
+        assert {float(v) for v in temperatures} == {(epoch + 1) * K_STEP}
+        assert {float(v) for v in flags} == {float(epoch >= hard_from)}
+    with pytest.raises(ValueError, match="hard_fraction"):
+        tfqnet.quantize_model(float_digits_model, method="qn", weight_bits=2, hard_fraction=1.5)
+
+
 # --- initialisation --------------------------------------------------------------------------
 
 
@@ -379,6 +464,8 @@ def test_temperature_is_annealed_and_survives_save_load(ternary, float_digits_mo
     temperatures = [v for v in qat.variables if "qn_" in v.name and "temperature" in v.name]
     assert len(temperatures) == 9  # 4 kernels + 5 activation grids (input, 4 outputs)
     assert {float(v) for v in temperatures} == {2 * K_STEP}  # epochs 0, 1 -> (1 + 1) * k
+    flags = [v for v in qat.variables if v.name.endswith("_hard:0")]
+    assert len(flags) == 9 and {float(v) for v in flags} == {1.0}  # epoch 1 of 2 is hard
     # Saved with the model's weights; whole-model h5/.keras loading of QAT models fails
     # for every tfqnet method at the time of writing (TFMOT wrapper variable order).
     path = str(tmp_path / "qn.weights.h5")
@@ -386,8 +473,11 @@ def test_temperature_is_annealed_and_survives_save_load(ternary, float_digits_mo
     loaded = tfqnet.quantize_model(float_digits_model, method="qn", weight_bits=2)
     loaded_temps = [v for v in loaded.variables if "temperature" in v.name]
     assert {float(v) for v in loaded_temps} == {K_STEP}  # a fresh model starts at epoch 0
+    loaded_flags = [v for v in loaded.variables if v.name.endswith("_hard:0")]
+    assert {float(v) for v in loaded_flags} == {0.0}
     loaded.load_weights(path)
     assert {float(v) for v in loaded_temps} == {2 * K_STEP}
+    assert {float(v) for v in loaded_flags} == {1.0}
     # resuming at epoch 2 continues the schedule; the cap holds
     callbacks = tfqnet.callbacks(loaded, epochs=3)
     assert len(callbacks) == 2  # one per quantizer type
