@@ -162,12 +162,14 @@ def test_h5_resume_gives_the_same_flatbuffer_for_qn(float_digits_model, digits, 
     assert tfqnet.convert(resumed, digits.x_train[:100]) == _converted(qn.full, digits)
 
 
-def test_seeded_runs_convert_to_identical_bytes(float_digits_model, digits, tmp_path):
-    """quantize -> fine-tune -> convert with the same seed as the uninterrupted QN run
-    gives its bytes again (no nondeterministic kernels or state anywhere on the way)."""
-    qn = _runs("qn", float_digits_model, digits, tmp_path)
+@pytest.mark.parametrize("method", METHODS)
+def test_seeded_runs_convert_to_identical_bytes(method, float_digits_model, digits, tmp_path):
+    """quantize -> fine-tune -> convert with the same seed as the uninterrupted run gives
+    its bytes again (with op determinism on, as tests/conftest.py sets it: no
+    nondeterministic kernels or state anywhere on the way)."""
+    first = _runs(method, float_digits_model, digits, tmp_path)
     keras.utils.set_random_seed(5)
-    again = _quantized(float_digits_model, "qn")
+    again = _quantized(float_digits_model, method)
     _fit(again, digits, EPOCHS)
     flatbuffer = tfqnet.convert(again, digits.x_train[:100])
-    assert len(flatbuffer) > 1000 and flatbuffer == _converted(qn.full, digits)
+    assert len(flatbuffer) > 1000 and flatbuffer == _converted(first.full, digits)
