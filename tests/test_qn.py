@@ -16,6 +16,7 @@ from tests.helpers import fine_tune, top1_agreement
 from tfqnet._keras import keras
 from tfqnet.quantize.api import quantizers_of
 from tfqnet.quantizers import qn
+from tfqnet.quantizers.base import ordered_sum
 
 K_STEP = 10.0  # the method's default temperature_step
 
@@ -126,7 +127,7 @@ def test_windowed_uniform_sum_matches_the_exact_sum(temperature, window):
 
 
 def test_soft_staircase_gradients_match_autodiff_of_the_broadcast_formula():
-    """The closed-form gradients (u, thresholds, temperature) of the unrolled sum."""
+    """The closed-form gradients (u, thresholds, temperature) of the stacked sum."""
     rng = np.random.default_rng(5)
     u = tf.constant(rng.normal(size=(40, 3)) * 2.0, tf.float64)
     thresholds = tf.constant([-1.4, -0.3, 0.2, 1.1], tf.float64)
@@ -144,6 +145,29 @@ def test_soft_staircase_gradients_match_autodiff_of_the_broadcast_formula():
         results.append([loss, *tape.gradient(loss, [u, thresholds, temperature])])
     for ours, reference in zip(*results, strict=True):
         np.testing.assert_allclose(ours.numpy(), reference.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_soft_staircase_sums_in_a_fixed_order():
+    """No AddN in the forward or backward graph: TensorFlow's CPU AddN may move the input
+    whose buffer it reuses to the front, so its summation order depends on thread
+    timing (seeded QN and SRQ runs then differed now and then). ``ordered_sum`` adds in
+    index order: here any other order of the three terms gives a different float32."""
+    u = tf.Variable(np.linspace(-2.0, 2.0, 24, dtype=np.float32).reshape(4, 6))
+
+    @tf.function
+    def forward_and_backward(thresholds):
+        with tf.GradientTape() as tape:
+            y = qn.soft_staircase(u, thresholds, [1.0, 2.0, 1.0], tf.constant(7.0))
+        return tape.gradient(tf.reduce_sum(y * y), u)
+
+    graph = forward_and_backward.get_concrete_function(
+        tf.TensorSpec([3], tf.float32)).graph.as_graph_def()
+    ops = [n.op for n in graph.node] + [n.op for f in graph.library.function for n in f.node_def]
+    assert "Sigmoid" in ops and "AddN" not in ops
+
+    terms = [tf.constant([1e8, 3.0]), tf.constant([1.0, 1e8]), tf.constant([-1e8, -1e8])]
+    np.testing.assert_array_equal(ordered_sum(terms).numpy(), [0.0, 0.0])  # (1e8 + 1) - 1e8
+    assert float(ordered_sum([terms[0][0], terms[2][0], terms[1][0]])) == 1.0
 
 
 # --- gradients -------------------------------------------------------------------------------

@@ -113,18 +113,7 @@ def _schedule_state_is_nontrivial(model, method: str) -> None:
         assert ramps and 0.5 < min(ramps) <= 1.0
 
 
-# QN is known not to be bit-reproducible within a long process (open in issue 9): in two
-# CI runs of 2026-11-23 its seeded rerun, then its resumed run, differed from the first
-# run, after passing in the runs before; the QN benchmark rows moved between runs the
-# same way. Source not found; not strict, so a pass is reported (XPASS), not hidden.
-_QN_NOT_REPRODUCIBLE = pytest.mark.xfail(
-    reason="QN/SRQ reruns are not always bit-identical in a long process (issue 9)", strict=False
-)
-
-
-def test_checkpoint_resume_continues_exactly(runs, float_digits_model, digits, request):
-    if runs.method in ("qn", "srq"):  # srq: an Adam moment of fc1's step size, 1 CI in 4
-        request.applymarker(_QN_NOT_REPRODUCIBLE)
+def test_checkpoint_resume_continues_exactly(runs, float_digits_model, digits):
     _schedule_state_is_nontrivial(runs.part, runs.method)
     keras.utils.set_random_seed(5)
     resumed = _quantized(float_digits_model, runs.method)
@@ -160,7 +149,6 @@ def _converted(model, digits) -> bytes:
     return _FLATBUFFERS[key]
 
 
-@_QN_NOT_REPRODUCIBLE
 def test_h5_resume_gives_the_same_flatbuffer_for_qn(float_digits_model, digits, tmp_path):
     """The whole user story for the method with the most schedule state: stop, save
     to h5, load, continue with initial_epoch, convert: the bytes of the uninterrupted run."""
@@ -174,13 +162,11 @@ def test_h5_resume_gives_the_same_flatbuffer_for_qn(float_digits_model, digits, 
     assert tfqnet.convert(resumed, digits.x_train[:100]) == _converted(qn.full, digits)
 
 
-@pytest.mark.parametrize(
-    "method", [pytest.param(m, marks=_QN_NOT_REPRODUCIBLE) if m == "qn" else m for m in METHODS]
-)
+@pytest.mark.parametrize("method", METHODS)
 def test_seeded_runs_convert_to_identical_bytes(method, float_digits_model, digits, tmp_path):
     """quantize -> fine-tune -> convert with the same seed as the uninterrupted run gives
-    its bytes again (with op determinism on, as tests/conftest.py sets it: no
-    nondeterministic kernels or state anywhere on the way)."""
+    its bytes again (with op determinism on, as tests/conftest.py sets it, and no
+    ``tf.add_n`` in the quantizers' sums: no order that depends on thread timing)."""
     first = _runs(method, float_digits_model, digits, tmp_path)
     keras.utils.set_random_seed(5)
     again = _quantized(float_digits_model, method)

@@ -88,6 +88,25 @@ def _global_statistics(local: tf.Tensor) -> BatchStatistics:
     return BatchStatistics(tf.reduce_min(rows[:, 0]), tf.reduce_max(rows[:, 1]), mean)
 
 
+def ordered_sum(tensors: Sequence[tf.Tensor]) -> tf.Tensor:
+    """``tensors[0] + tensors[1] + ...`` (same shapes), summed in the same order every run.
+
+    Not ``tf.add_n``: TensorFlow's CPU AddN accumulates into an input buffer it may
+    take over, and moves that input to the front of the sum, so with three or more
+    inputs the summation order depends on which producer's other consumers had
+    finished (thread timing). Seeded QAT runs then differed in the last bits of
+    gradients now and then, with op determinism on, with or without oneDNN (measured
+    on 2 cores with other training processes running: about 1 in 7 seeded QN reruns
+    differed; none of 30 QN and SRQ reruns once their sums stopped using AddN). A chain of
+    binary adds would not do either: Grappler's arithmetic optimizer folds it into an
+    AddN. A reduction over a stacked axis sums every element in index order.
+    """
+    tensors = list(tensors)
+    if len(tensors) <= 2:  # a + b == b + a exactly: no order to fix
+        return tensors[0] if len(tensors) == 1 else tensors[0] + tensors[1]
+    return tf.reduce_sum(tf.stack(tensors), axis=0)
+
+
 class Quantizer(_TFMOT_QUANTIZER, abc.ABC):
     """Base class of tfqnet quantizers (see the module docstring for the contract)."""
 

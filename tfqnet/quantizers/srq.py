@@ -162,7 +162,7 @@ import tensorflow as tf
 from tfqnet import grid
 from tfqnet._keras import keras
 from tfqnet.quantize.methods import QuantizationMethod, register_method
-from tfqnet.quantizers.base import Quantizer, register
+from tfqnet.quantizers.base import Quantizer, ordered_sum, register
 from tfqnet.quantizers.qn import soft_uniform_staircase
 from tfqnet.quantizers.uniform import (
     UniformActivationQuantizer,
@@ -673,11 +673,11 @@ def _width_loss(learned, fixed_bytes: float, settings: tuple) -> tf.Tensor:
     bit_penalty, target_kb, budget_penalty, _, _ = settings
     loss = tf.constant(0.0)
     if bit_penalty > 0:
-        bits = tf.add_n([q.size * q.expected_bits() for q in learned])
+        bits = ordered_sum([q.size * q.expected_bits() for q in learned])
         loss += bit_penalty * bits / (8.0 * BYTES_PER_KB)
     if target_kb is not None:
         budget = target_kb * BYTES_PER_KB
-        expected = fixed_bytes + tf.add_n([q.expected_bytes() for q in learned])
+        expected = fixed_bytes + ordered_sum([q.expected_bytes() for q in learned])
         loss += budget_penalty * tf.nn.relu(expected - budget) / budget
     return loss
 
