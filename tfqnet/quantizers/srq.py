@@ -537,9 +537,7 @@ class SRQWeightQuantizer(_SRQQuantizer):
         if target_kb is not None:
             _check_feasible(model, target_kb)
         if not getattr(model, "_tfqnet_srq_loss", False):
-            fixed = sum(
-                row["weight_bytes"] for row in bit_width_report(model).rows if not row["learned"]
-            )
+            fixed = _fixed_bytes(model)
             model.add_loss(lambda: _width_loss(learned, fixed, settings))
             model._tfqnet_srq_loss = True
             model.train_function = None  # a cached train step would miss the new loss
