@@ -5,7 +5,7 @@ with the same seeds gives the same numbers: without it the oneDNN CPU kernels su
 an order that depends on thread scheduling, and methods sensitive to last-bit noise
 (QN's soft zone) moved by up to 2 accuracy points between identical runs. Measured
 cost: none beyond run-to-run timing noise. QN and SRQ rows measured before
-2026-11-23 evening may not repeat exactly: their sums used ``tf.add_n``, whose order op
+commit fbabe30 may not repeat exactly: their sums used ``tf.add_n``, whose order op
 determinism does not fix (:func:`tfqnet.quantizers.base.ordered_sum`).
 """
 
