@@ -360,6 +360,48 @@ def test_compressed_budget_needs_a_compressed_conversion(float_digits_model):
         tfqnet.quantize_model(float_digits_model, "srq", 4, 8, storage="int2")
 
 
+def test_budget_that_leaves_nothing_to_trade_decides_the_widths(float_digits_model):
+    def decided(budget_bytes, **options):
+        qat = tfqnet.quantize_model(float_digits_model, "srq", 8, 8,
+                                    target_weight_kb=budget_bytes / 1024, **options)
+        return qat, srq.widths_the_budget_decides(qat)
+
+    # INT4 storage: at the all-4-bit bytes no layer can afford its 5th bit
+    qat, widths = decided(ALL_INT4_BYTES)
+    assert widths == [4, 4, 4, 4]
+    # + 15%: room for conv1, conv2 and logits in int8 at once, never for fc1
+    assert decided(int(1.15 * ALL_INT4_BYTES))[1] == [8, 8, 4, 8]
+    # room for conv2 or for the two small layers in int8, not for all three: a trade
+    assert decided(BUDGET_BYTES)[1] is None
+    # compressed: a 3-bit fc1 pays for the others' 8 bits, a 4-bit one does not
+    assert decided(ALL_INT4_BYTES, storage="compressed")[1] is None
+    # a bit penalty prices bits the budget would allow
+    assert decided(ALL_INT4_BYTES, bit_penalty=0.1)[1] is None
+    srq._learned(qat)[0]._state["frozen_bits"].assign(4.0)
+    assert srq.widths_the_budget_decides(qat) is None  # frozen widths are never changed
+
+
+def test_widths_the_budget_decides_are_frozen_before_the_first_step(float_digits_model, digits):
+    qat = compile_classifier(tfqnet.quantize_model(
+        float_digits_model, "srq", 5, 8, target_weight_kb=ALL_INT4_BYTES / 1024), 5e-4)
+    seen = {}
+
+    class Probe(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            if batch == 0:
+                seen["widths"] = [q.frozen_width() for q in srq._learned(qat)]
+                seen["width_loss"] = float(sum(qat.losses))
+
+    # 1 epoch: without the budget's decision the widths would freeze only at the end
+    qat.fit(digits.x_train[:64], digits.y_train[:64], epochs=1, batch_size=32, verbose=0,
+            callbacks=[*tfqnet.callbacks(qat, 1), Probe()])
+    assert seen["widths"] == [4, 4, 4, 4]
+    # the gates still say 5 bits (E[bytes] ~ the int8 model, over the budget), but a
+    # frozen layer's loss term is its frozen bytes: no budget loss on the deployed model
+    assert all(srq.ladder_width(q.gate_logits().numpy() > 0) == 5 for q in srq._learned(qat))
+    assert seen["width_loss"] == 0.0
+
+
 # below the all-INT4 bytes: infeasible with INT4 storage, fc1 must go to <= 3 bits compressed
 COMPRESSED_BUDGET = ALL_INT4_BYTES - 2000
 

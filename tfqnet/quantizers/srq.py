@@ -80,7 +80,7 @@ all bits kept, ~1% chance each gate samples 0). The costs, added as a model loss
 * ``"int4"`` (default): as :func:`tfqnet.convert` stores kernels, ``<= 4`` bits as packed
   INT4 and wider ones in int8, so a layer's bytes are ``n/2`` or ``n``: only the gate of
   the 5th bit changes them. Going below 4 bits saves no flash, so at a budget of the
-  all-4-bit bytes every layer ends at (at most) 4 bits.
+  all-4-bit bytes every layer ends at (at most) 4 bits, decided before training (below).
 * ``"compressed"``: as ``tfqnet.convert(..., compress=True)`` stores them (TFLM
   compression, op ``TFLM_DECODE``: **the model runs on TensorFlow Lite Micro only**):
   a ``b``-bit kernel (``b <= 7``) as ``b``-bit indices into value tables of ``2**b - 1``
@@ -118,6 +118,19 @@ mean of seeds 0-2 (uniform all-4-bit 98.78%, fixed 4-bit SRQ without DropBits
 98.89 / 98.56% with INT4 storage (always 4/4/4/4), 98.44 / 98.44 / 98.67 / 98.56% with
 compressed storage (always 8/8/3/8). Steps of one image a seed are noise there; 0.5
 was best for both and leaves half the epochs to learn the widths.
+
+**Widths the budget decides.** When no layer's bits can pay for another's
+(:func:`widths_the_budget_decides`: every layer fits at once at its widest width
+affordable with all others at their cheapest, and ``bit_penalty`` is 0), there is
+nothing to learn, and the callback freezes those widths when training begins: every
+epoch trains the deployed model. INT4 storage at the all-4-bit bytes is such a budget
+(all 4 bits). Measured there (test split; a structural choice, not a tuned number):
+digits, 3 seeds, 6 QAT epochs, 98.89% learning the widths for half the epochs, 99.04%
+frozen from the start (tfqnet ``uniform`` all-4-bit: 99.04%); MobileNetV2-style
+(``benchmarks/tasks.py``), 2 seeds, 4 epochs: 99.11% and 99.56%. Descending from 8 bits
+bought nothing there. (So the INT4 rows of the validation above now train as
+frozen from the start; ``freeze_fraction`` matters where the budget leaves a trade.)
+
 The width lives in variables, but the FakeQuant container (INT4 or int8) must be a
 static Python choice when the converter traces the model. So:
 
@@ -455,9 +468,11 @@ class SRQWeightQuantizer(_SRQQuantizer):
         return container_bits(self.bits if frozen is None else frozen)
 
     def expected_bits(self) -> tf.Tensor:
-        """``E[b] = 2 + sum_b prod_{j<=b} P(g_j > 0)`` (learned widths only)."""
+        """``E[b] = 2 + sum_b prod_{j<=b} P(g_j > 0)`` (learned widths only; the width
+        once frozen)."""
         keep = nonzero_probability(self.gate_logits())
-        return MIN_BITS + tf.reduce_sum(tf.math.cumprod(keep))
+        widths = np.arange(MIN_BITS, self.bits + 1, dtype=np.float32)
+        return self._unless_frozen(widths, MIN_BITS + tf.reduce_sum(tf.math.cumprod(keep)))
 
     def stored_bytes(self, width: int) -> int:
         """Weight bytes of this kernel at ``width`` bits in its ``storage``."""
@@ -468,14 +483,24 @@ class SRQWeightQuantizer(_SRQQuantizer):
         (``B_b`` = :meth:`stored_bytes` of width ``b``, ``P_b = P(g_b > 0)``, ``sg`` the
         stopped gradient). Each gate gets the gradient of the bytes of its own bit only,
         not of the bits above it: pushing a low gate for the bytes of the high bits would
-        drop the most useful bits first. INT4 storage: only the 5th-bit gate costs bytes."""
+        drop the most useful bits first. INT4 storage: only the 5th-bit gate costs bytes.
+        Once frozen: the bytes at the frozen width."""
         if not self.learn_bits:
             return tf.constant(float(self.stored_bytes(self.bits)))
         costs = np.array([self.stored_bytes(b) for b in range(MIN_BITS, self.bits + 1)],
                          np.float32)
         keep = nonzero_probability(self.gate_logits())
         below = tf.stop_gradient(tf.math.cumprod(keep, exclusive=True))
-        return costs[0] + tf.reduce_sum(below * keep * np.diff(costs))
+        expected = costs[0] + tf.reduce_sum(below * keep * np.diff(costs))
+        return self._unless_frozen(costs, expected)
+
+    def _unless_frozen(self, per_width: np.ndarray, expected: tf.Tensor) -> tf.Tensor:
+        """``expected``, or once the width is frozen ``per_width`` at that width: a frozen
+        layer's loss term is a constant, so its ignored gates get no gradient and the
+        reported loss is the deployed model's."""
+        frozen = self._state["frozen_bits"]
+        index = tf.cast(tf.round(tf.maximum(frozen - MIN_BITS, 0.0)), tf.int32)
+        return tf.where(frozen > 0.5, tf.gather(per_width, index), expected)
 
     # --- forward ---------------------------------------------------------------------------
 
@@ -699,6 +724,38 @@ def _check_feasible(model: keras.Model, target_kb: float) -> None:
         )
 
 
+def widths_the_budget_decides(model: keras.Model) -> list[int] | None:
+    """The widths of the learned layers (in :func:`_learned` order) when the budget
+    leaves nothing to trade, else None.
+
+    A layer's cap is its widest width that fits the budget with every other learned
+    layer at its cheapest width. When all layers fit at their caps at once, no layer's
+    bits can pay for another's: narrowing a layer frees bytes that no other layer can
+    use (each is at its widest affordable width already), so the caps are the only
+    allocation worth training. INT4 storage at a budget of the all-4-bit bytes is the
+    common case (every cap 4: a layer's next bytes are its 5th bit, which it can afford
+    only if another layer drops below 4 bits, which saves nothing); so is the budget +
+    15% in ``benchmarks/bench_srq.py`` (conv1, conv2 and logits in int8, fc1 INT4).
+    None when a width is frozen already, with no budget, or with a ``bit_penalty``
+    (which prices every bit, so narrower widths can be worth their accuracy).
+    """
+    learned = _learned(model)
+    if not learned or any(q.frozen_width() is not None for q in learned):
+        return None
+    bit_penalty, target_kb, *_ = _settings(learned)
+    if target_kb is None or bit_penalty > 0:
+        return None
+    budget = target_kb * BYTES_PER_KB
+    cheapest = [q.stored_bytes(MIN_BITS) for q in learned]  # bytes never fall with width
+    floor = _fixed_bytes(model) + sum(cheapest)
+    caps = [
+        max(b for b in range(MIN_BITS, q.bits + 1) if floor - low + q.stored_bytes(b) <= budget)
+        for q, low in zip(learned, cheapest, strict=True)
+    ]
+    at_caps = sum(q.stored_bytes(b) for q, b in zip(learned, caps, strict=True))
+    return caps if _fixed_bytes(model) + at_caps <= budget else None
+
+
 def freeze_bit_widths(model: keras.Model) -> BitWidthReport:
     """Freezes every learned width at its inference value, fitted to the budget.
 
@@ -775,8 +832,9 @@ def freeze_bit_widths(model: keras.Model) -> BitWidthReport:
 
 class BitWidthFreeze(keras.callbacks.Callback):
     """Freezes the learned widths at the start of epoch ``freeze_epoch`` (absolute index,
-    so ``initial_epoch`` resumes correctly) or at the end of training, whichever is first.
-    Already frozen widths (``srq_frozen_bits > 0``) stay as they are."""
+    so ``initial_epoch`` resumes correctly) or at the end of training, whichever is first;
+    widths the budget alone decides (:func:`widths_the_budget_decides`) when training
+    begins. Already frozen widths (``srq_frozen_bits > 0``) stay as they are."""
 
     def __init__(self, freeze_epoch: int):
         super().__init__()
@@ -786,6 +844,14 @@ class BitWidthFreeze(keras.callbacks.Callback):
         learned = _learned(self.model)
         if learned and any(float(q._state["frozen_bits"].numpy()) < 0.5 for q in learned):
             freeze_bit_widths(self.model)
+
+    def on_train_begin(self, logs=None):
+        # widths the budget alone decides are frozen before the first step, so that every
+        # epoch trains the deployed model (see widths_the_budget_decides)
+        decided = widths_the_budget_decides(self.model)
+        if decided is not None:
+            for quantizer, width in zip(_learned(self.model), decided, strict=True):
+                quantizer._state["frozen_bits"].assign(float(width))
 
     def on_epoch_begin(self, epoch, logs=None):
         if epoch >= self.freeze_epoch:
