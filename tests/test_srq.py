@@ -321,15 +321,16 @@ def test_compressed_storage_counts_lookup_table_bytes():
         assert all(c <= srq.kernel_bytes(size, b) for b, c in zip(range(2, 9), costs, strict=True))
 
 
-def _frozen_with_gates(float_digits_model, storage):
+def _frozen_with_gates(float_digits_model, storage, **layer_logits):
     """8-bit SRQ under the all-4-bit budget, every gate logit 3 but fc1's above 3 bits at
-    1 (its least confident bits), frozen by the budget projection."""
+    1 (its least confident bits), or as ``layer_logits`` gives a layer's, frozen by the
+    budget projection."""
     qat = tfqnet.quantize_model(float_digits_model, "srq", 8, 8, storage=storage,
                                 target_weight_kb=ALL_INT4_BYTES / 1024)
+    layer_logits = {"fc1": [3.0] + [1.0] * 5, **layer_logits}
     for quantizer in srq._learned(qat):
-        logits = np.full(6, 3.0, np.float32)
-        if quantizer.size == SIZES["fc1"]:
-            logits[1:] = 1.0
+        name = next(k for k, n in SIZES.items() if n == quantizer.size)
+        logits = np.array(layer_logits.get(name, [3.0] * 6), np.float32)
         quantizer._state["gate_v"].assign(logits / quantizer.gate_speed)
     report = srq.freeze_bit_widths(qat)
     return qat, {k: v["weight_bits"] for k, v in report.as_dict().items()}, report
@@ -346,6 +347,18 @@ def test_compressed_storage_buys_wider_layers_at_the_all_4_bit_budget(float_digi
     assert report.total_bytes <= ALL_INT4_BYTES
     assert report.as_dict()["fc1"]["stored_as"] == "3-bit LUT"
     assert "| fc1 | 3 (8) | yes | 32768 | 3-bit LUT |" in report.table()
+
+
+def test_room_is_given_back_past_a_gate_training_dropped(float_digits_model):
+    # as training left them on digits (seed 0 of bench_srq): fc1 at 3 bits, conv2's gates
+    # of bits 3 and 5 dropped (2 bits), the rest kept. 8/2/3c/8 fits the budget, so room is
+    # given back: conv2 gets its 3rd bit and then, past the dropped 5th-bit gate, the kept
+    # gates above it: 8 bits, which the budget has room for (it used to stop at 4)
+    _, widths, report = _frozen_with_gates(float_digits_model, "compressed",
+                                           fc1=[3.0] + [-3.0] * 5,
+                                           conv2=[-1.0, 3.0, -3.0, 3.0, 3.0, 3.0])
+    assert widths == {"conv1": 8, "conv2": 8, "fc1": 3, "logits": 8}
+    assert report.total_bytes <= ALL_INT4_BYTES
 
 
 def test_compressed_budget_needs_a_compressed_conversion(float_digits_model):

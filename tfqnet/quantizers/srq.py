@@ -819,8 +819,11 @@ def freeze_bit_widths(model: keras.Model) -> BitWidthReport:
                             key=lambda q: gate_logit(q, widths[id(q)] + 1), reverse=True)
             for q in ranked:
                 width = widths[id(q)]
+                # the layer has its bits up to width and gets the next one: the ladder
+                # from there is the kept gates above it (a gate below the width that
+                # training dropped must not stop it)
                 keep = q.gate_logits().numpy() > 0.0
-                keep[width + 1 - MIN_BITS - 1] = True
+                keep[: width + 1 - MIN_BITS] = True
                 for wider in range(ladder_width(keep), width, -1):
                     if total() - q.stored_bytes(width) + q.stored_bytes(wider) <= budget:
                         widths[id(q)], changed = wider, True
