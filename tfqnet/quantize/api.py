@@ -230,6 +230,19 @@ def quantize_scope():
     return _tfmot_q.quantize_scope()
 
 
+def load_model(filepath, compile: bool = True, **kwargs) -> keras.Model:
+    """Loads a QAT model saved with ``model.save`` (h5 or SavedModel), no scope needed.
+
+    ``import tfqnet`` is lazy, so a process that only loads a model has not yet
+    registered tfqnet's classes (``tf_keras.models.load_model`` then fails with
+    "Unknown layer: 'tfqnet>InputQuantizeLayer'"); calling this loads them, and loads
+    inside :func:`quantize_scope` for TFMOT's wrappers. ``compile`` and ``kwargs`` go
+    to ``tf_keras.models.load_model``.
+    """
+    with quantize_scope():
+        return keras.models.load_model(filepath, compile=compile, **kwargs)
+
+
 def quantizers_of(model: keras.Model) -> list:
     """All tfqnet quantizers in a QAT model (weights, activations, inputs)."""
     found = []
