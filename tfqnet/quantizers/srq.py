@@ -746,14 +746,15 @@ def widths_the_budget_decides(model: keras.Model) -> list[int] | None:
     if target_kb is None or bit_penalty > 0:
         return None
     budget = target_kb * BYTES_PER_KB
+    fixed = _fixed_bytes(model)
     cheapest = [q.stored_bytes(MIN_BITS) for q in learned]  # bytes never fall with width
-    floor = _fixed_bytes(model) + sum(cheapest)
+    floor = fixed + sum(cheapest)
     caps = [
         max(b for b in range(MIN_BITS, q.bits + 1) if floor - low + q.stored_bytes(b) <= budget)
         for q, low in zip(learned, cheapest, strict=True)
     ]
     at_caps = sum(q.stored_bytes(b) for q, b in zip(learned, caps, strict=True))
-    return caps if _fixed_bytes(model) + at_caps <= budget else None
+    return caps if fixed + at_caps <= budget else None
 
 
 def freeze_bit_widths(model: keras.Model) -> BitWidthReport:
