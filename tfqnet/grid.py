@@ -12,6 +12,11 @@ Weights: symmetric, narrow range, zero point 0. Codes of a ``bits``-bit weight a
 ``[-(2**(bits-1) - 1), 2**(bits-1) - 1]``. Weights of 4 bits or fewer are stored in a
 4-bit container (packed INT4 in the flatbuffer: codes -7..7), wider ones in int8
 (codes -127..127); the container does not change the values, only their storage.
+A Dense kernel quantized per output channel is always int8: TFLM's FULLY_CONNECTED
+refuses per-channel INT4 filters, and the TFLite converter refuses per-axis Dense
+kernels altogether, so :func:`tfqnet.convert` traces them per tensor and writes their
+channel scales into the flatbuffer afterwards (:func:`per_channel_dense_export`,
+:mod:`tfqnet.convert.per_channel_dense`).
 
 Activations: asymmetric, ``bits`` in 2..8, levels ``scale * (q - zero_point)`` for
 ``q in [0, 2**bits - 1]`` with an integer ``zero_point``. TFLite has no 4-bit
@@ -22,6 +27,12 @@ the top is kept by a MINIMUM op (which TFLM runs on int8) when ``bits < 8``.
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
+from typing import NamedTuple
+
+import numpy as np
 import tensorflow as tf
 
 WEIGHT_BITS = range(2, 9)
@@ -42,9 +53,16 @@ def weight_qmax(bits: int) -> int:
     return 2 ** (bits - 1) - 1
 
 
-def weight_storage_bits(bits: int) -> int:
-    """Bits of the flatbuffer container for ``bits``-bit weights: 4 (packed INT4) or 8."""
-    return 4 if bits <= 4 else 8
+def weight_storage_bits(bits: int, per_channel_dense: bool = False) -> int:
+    """Bits of the flatbuffer container for ``bits``-bit weights: 4 (packed INT4) or 8;
+    always 8 for a Dense kernel quantized per channel (TFLM has no per-channel INT4
+    FULLY_CONNECTED)."""
+    return 4 if bits <= 4 and not per_channel_dense else 8
+
+
+def is_per_channel_dense(kernel_rank: int, per_axis: bool) -> bool:
+    """A kernel of rank 2 ([in, out]: Dense) quantized per output channel."""
+    return per_axis and kernel_rank == 2
 
 
 def activation_qmax(bits: int) -> int:
@@ -109,10 +127,15 @@ def weight_fake_quant(
     (the last ``channel_dims`` axes of the kernel: 2 for a depthwise kernel
     [h, w, c, m]). The op's range is the storage container's (+-7 or +-127 codes,
     narrow range), so every level of a ``bits``-bit grid maps to its own integer code
-    and converts exactly; kernels of <= 4 bits become packed INT4 tensors.
+    and converts exactly; kernels of <= 4 bits become packed INT4 tensors (except a
+    per-channel Dense kernel, always int8).
     """
-    storage = weight_storage_bits(bits)
+    dense = is_per_channel_dense(values.shape.rank, per_axis)
+    storage = weight_storage_bits(bits, dense)
     limit = weight_qmax(storage) * scale
+    export = getattr(_PER_CHANNEL_DENSE, "kernels", None)
+    if dense and export is not None:
+        return _dense_for_converter(values, scale, storage, export)
     if not per_axis:
         return tf.quantization.fake_quant_with_min_max_vars(
             values, -limit, limit, num_bits=storage, narrow_range=True
@@ -126,6 +149,58 @@ def weight_fake_quant(
         view, -limit, limit, num_bits=storage, narrow_range=True
     )
     return tf.reshape(out, shape) if tflite_shape else out
+
+
+# --- per-channel Dense kernels through the converter ------------------------------------
+
+
+class ChannelScaledKernel(NamedTuple):
+    """A per-channel Dense kernel as the converter cannot take it: ``codes`` [in, out]
+    (int8) and one ``scales`` entry per output channel (float32)."""
+
+    codes: np.ndarray
+    scales: np.ndarray
+
+
+_PER_CHANNEL_DENSE = threading.local()
+
+
+@contextlib.contextmanager
+def per_channel_dense_export() -> Iterator[list[ChannelScaledKernel]]:
+    """While active, :func:`weight_fake_quant` emits each per-channel Dense kernel as
+    its integer codes on one per-tensor grid (step: the smallest channel scale), which
+    the converter takes, and records, when run eagerly, the codes and the channel
+    scales into the yielded list, for
+    :func:`tfqnet.convert.per_channel_dense.restore_channel_scales` to write into the
+    flatbuffer.
+
+    Why: the converter stores a Dense kernel transposed ([out, in]) and fails on a
+    per-axis FakeQuant before the transpose ("'tfl.transpose' op has mismatched
+    quantized axes"; a reshape to a 1x1 convolution fails the same way), while TFLM's
+    FULLY_CONNECTED computes per-channel int8 filters exactly. Outside this context the
+    kernel keeps its per-channel FakeQuant, so the QAT model computes the deployed values.
+    """
+    if getattr(_PER_CHANNEL_DENSE, "kernels", None) is not None:
+        raise RuntimeError("per_channel_dense_export() does not nest")
+    _PER_CHANNEL_DENSE.kernels = []
+    try:
+        yield _PER_CHANNEL_DENSE.kernels
+    finally:
+        _PER_CHANNEL_DENSE.kernels = None
+
+
+def _dense_for_converter(
+    values: tf.Tensor, scale: tf.Tensor, storage: int, record: list[ChannelScaledKernel]
+) -> tf.Tensor:
+    codes = tf.round(values / scale)
+    step = tf.reduce_min(scale)
+    if tf.executing_eagerly():
+        record.append(ChannelScaledKernel(
+            codes.numpy().astype(np.int8), scale.numpy().astype(np.float32)))
+    limit = weight_qmax(storage) * step
+    return tf.quantization.fake_quant_with_min_max_vars(
+        codes * step, -limit, limit, num_bits=storage, narrow_range=True
+    )
 
 
 def activation_fake_quant(

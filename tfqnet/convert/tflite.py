@@ -9,8 +9,10 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import tensorflow as tf
 
+from tfqnet import grid
 from tfqnet._keras import keras, require_tf_keras_model
 from tfqnet.convert.flatbuffer import FlatbufferModel
+from tfqnet.convert.per_channel_dense import restore_channel_scales
 from tfqnet.errors import ConversionError
 
 IO_TYPES = {"int8": tf.int8, "uint8": tf.uint8, "float32": tf.float32}
@@ -83,6 +85,43 @@ def _prepare_export(model: keras.Model, compress: bool | int) -> None:
             hook(model, compress=compress)
 
 
+def _run_converter(
+    keras_model: keras.Model,
+    samples: list[np.ndarray],
+    input_type: str,
+    output_type: str,
+    raw_pixels: bool,
+) -> bytes:
+    # With several inputs the converter orders its input tensors its own way (not as
+    # model.inputs; a list then feeds the wrong tensors and calibration fails with a
+    # shape error): samples keyed by input name reach the right tensor.
+    input_names = list(keras_model.input_names)
+
+    def representative() -> Iterator[list[np.ndarray] | dict[str, np.ndarray]]:
+        for i in range(samples[0].shape[0]):
+            batch = [s[i : i + 1] for s in samples]
+            yield dict(zip(input_names, batch, strict=True)) if len(batch) > 1 else batch
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(keras_model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = representative
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.int8 if raw_pixels else IO_TYPES[input_type]
+    converter.inference_output_type = IO_TYPES[output_type]
+    absl_level = logging.getLogger("absl").level
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            # The input's range comes from the QAT model's input quantizer, not from
+            # statistics; the converter warns about the latter needlessly.
+            warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
+            return converter.convert()
+    except Exception as error:
+        raise ConversionError(f"the TFLite converter failed: {error}") from error
+    finally:
+        logging.getLogger("absl").setLevel(absl_level)
+
+
 def convert(
     qat_model: keras.Model,
     representative_data: np.ndarray | Sequence[np.ndarray],
@@ -131,34 +170,12 @@ def convert(
     if raw_pixels:
         keras_model, samples = raw_input.int8_input_model(qat_model, samples, input_type)
 
-    # With several inputs the converter orders its input tensors its own way (not as
-    # model.inputs; a list then feeds the wrong tensors and calibration fails with a
-    # shape error): samples keyed by input name reach the right tensor.
-    input_names = list(keras_model.input_names)
-
-    def representative() -> Iterator[list[np.ndarray] | dict[str, np.ndarray]]:
-        for i in range(samples[0].shape[0]):
-            batch = [s[i : i + 1] for s in samples]
-            yield dict(zip(input_names, batch, strict=True)) if len(batch) > 1 else batch
-
-    converter = tf.lite.TFLiteConverter.from_keras_model(keras_model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = representative
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.int8 if raw_pixels else IO_TYPES[input_type]
-    converter.inference_output_type = IO_TYPES[output_type]
-    absl_level = logging.getLogger("absl").level
-    logging.getLogger("absl").setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            # The input's range comes from the QAT model's input quantizer, not from
-            # statistics; the converter warns about the latter needlessly.
-            warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
-            flatbuffer = converter.convert()
-    except Exception as error:
-        raise ConversionError(f"the TFLite converter failed: {error}") from error
-    finally:
-        logging.getLogger("absl").setLevel(absl_level)
+    # Per-channel Dense kernels go through the converter per tensor; one eager call
+    # records their codes and channel scales for restore_channel_scales.
+    with grid.per_channel_dense_export() as dense_kernels:
+        keras_model([tf.constant(s[:1]) for s in samples], training=False)
+        flatbuffer = _run_converter(keras_model, samples, input_type, output_type, raw_pixels)
+    flatbuffer = restore_channel_scales(flatbuffer, dense_kernels)
     if raw_pixels and input_type == "uint8":
         flatbuffer = raw_input.prepend_uint8_input(flatbuffer)
 

@@ -19,6 +19,9 @@ class QuantizationMethod(abc.ABC):
     """Builds the quantizers of one method. Options arrive as keyword arguments."""
 
     name: ClassVar[str]
+    #: Dense kernels per output channel instead of per tensor (int8 containers only:
+    #: TFLM has no per-channel INT4 FULLY_CONNECTED; see tfqnet.grid)
+    per_channel_dense: bool = False
 
     def __init__(self, **options: Any) -> None:
         if options:

@@ -21,9 +21,11 @@ WEIGHTED_LAYERS = {
     L.DepthwiseConv2D: ("depthwise_kernel", 2),
     L.Dense: ("kernel", 1),
 }
-#: kernels quantized per tensor: TFLM's FULLY_CONNECTED and the INT4 export need it for
-#: Dense; a per-channel Conv1D kernel fails in the converter (its quantized axis cannot
-#: follow the [k, in, out] -> [out, 1, k, in] reshape/transpose to CONV_2D).
+#: kernels quantized per tensor: TFLM's FULLY_CONNECTED has no per-channel INT4 filters,
+#: so Dense kernels are per tensor unless the method's ``per_channel_dense`` keeps them
+#: in int8 containers (tfqnet.grid); a per-channel Conv1D kernel fails in the converter
+#: (its quantized axis cannot follow the [k, in, out] -> [out, 1, k, in] reshape/transpose
+#: to CONV_2D).
 PER_TENSOR_LAYERS = (L.Dense, L.Conv1D)
 #: layers whose output gets its own grid
 OUTPUT_QUANTIZED_LAYERS = (
@@ -140,8 +142,9 @@ class QuantizeRegistry(tfmot.quantization.keras.QuantizeRegistry):
     Bits come from ``weight_bits``/``activation_bits``, except that layers named in
     ``overrides`` use theirs and the model's output layers keep 8-bit outputs (the
     logits a user reads should not lose resolution to a low-bit activation grid).
-    Dense and Conv1D kernels are quantized per tensor (see ``PER_TENSOR_LAYERS``),
-    Conv2D and DepthwiseConv2D kernels per output channel.
+    Dense and Conv1D kernels are quantized per tensor (see ``PER_TENSOR_LAYERS``;
+    Dense per channel if ``method.per_channel_dense``), Conv2D and DepthwiseConv2D
+    kernels per output channel.
     """
 
     def __init__(
@@ -191,7 +194,9 @@ class QuantizeRegistry(tfmot.quantization.keras.QuantizeRegistry):
             return CUSTOM_LAYER_CONFIGS[layer_type](layer, self)
         if layer_type in WEIGHTED_LAYERS:
             attr, channel_dims = WEIGHTED_LAYERS[layer_type]
-            per_axis = layer_type not in PER_TENSOR_LAYERS
+            per_axis = layer_type not in PER_TENSOR_LAYERS or (
+                layer_type is L.Dense and self.method.per_channel_dense
+            )
             return LayerQuantizeConfig(
                 weight_attrs=[attr],
                 weight_quantizer=self.method.weight_quantizer(
