@@ -132,7 +132,9 @@ def convert(
     """Converts a trained tfqnet QAT model to a full-integer TFLite flatbuffer.
 
     Weights are stored exactly as trained: kernels of <= 4 bits as packed INT4, the
-    rest int8; activations in int8 tensors on their trained grids. The
+    rest int8 (Dense kernels quantized per channel always int8, their channel scales
+    written in by :mod:`tfqnet.convert.per_channel_dense`); activations in int8 tensors
+    on their trained grids. The
     ``representative_data`` (float inputs as the Keras model takes them, at most
     200 samples used) lets the converter quantize any layer that was skipped during
     QAT. ``input_type``/``output_type``: "int8" (default), "uint8" or "float32"
