@@ -101,3 +101,26 @@ def test_corrupt_bytes_raise_invalid_model_file():
         check_model(bytes(data))
     with pytest.raises(InvalidModelFileError):
         check_model(np.zeros(3).tobytes())
+
+
+def test_resources_count_a_compressed_filter_as_stored(qat_and_tflite):
+    from tfqnet.convert.compression import DECODE_OP, _compressed, _Filter, stored_weight_bytes
+    from tfqnet.micro.checker import layer_resources
+
+    tflite = qat_and_tflite[1]
+    graph = FlatbufferModel.from_bytes(tflite)
+    fc1 = next(op for op in graph.operators if op.name == "FULLY_CONNECTED")
+    filter_params = int(np.prod(graph.tensors[fc1.inputs[1]].shape))
+    # fc1's INT4 codes as 4-bit lookup-table indices (larger than INT4: header and table)
+    compressed = _compressed(tflite, [_Filter(0, fc1.inputs[1], 4, None)])
+    rows = layer_resources(FlatbufferModel.from_bytes(compressed))
+    assert DECODE_OP not in {r["op"] for r in rows}  # counted where the filter is read
+    fc_rows = [r for r in rows if r["op"] == "FULLY_CONNECTED"]
+    lut = next(r for r in fc_rows if r["weight_type"] == "INT8 LUT")
+    assert lut["weight_bits"] == 4 and lut["weight_params"] == filter_params
+    assert lut["weight_bytes"] > filter_params // 2  # indices + 16-byte header + table
+    assert lut["macs"] > 0 and lut["other_const_bytes"] > 0  # the bias
+    filters = [r for r in rows if r["op"] in ("CONV_2D", "FULLY_CONNECTED")]
+    assert sum(r["weight_bytes"] for r in filters) == stored_weight_bytes(compressed)
+    report = check_model(compressed, samples=4)
+    assert report.weight_bytes == stored_weight_bytes(compressed)

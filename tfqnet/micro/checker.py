@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from tfqnet.convert.compression import DECODE_OP, stored_weight_bytes
 from tfqnet.convert.flatbuffer import FlatbufferModel, Operator, element_count
 from tfqnet.micro.arena import ArenaMeasurement, ArenaProbeError, measure_arena
 from tfqnet.micro.c_arrays import align_flatbuffer
@@ -163,7 +164,7 @@ def _num(value) -> str:
 
 def _static_resolution(graph: FlatbufferModel) -> list[str]:
     errors = []
-    decode_inputs = {i for op in graph.operators if op.name == "TFLM_DECODE" for i in op.inputs}
+    decode_inputs = {i for op in graph.operators if op.name == DECODE_OP for i in op.inputs}
     for op in graph.operators:
         where = _where(graph, op)
         try:
@@ -431,32 +432,63 @@ def _compare_keras(keras_model, micro, inputs: list[np.ndarray], raw_data,
 
 
 def layer_resources(graph: FlatbufferModel) -> list[dict]:
-    """Per op with constant weights: storage bits, bytes, parameters and MACs (batch 1)."""
+    """Per op with constant weights: storage bits, bytes, parameters and MACs (batch 1).
+
+    A filter that a ``TFLM_DECODE`` op expands from lookup-table indices counts at the
+    op that reads it, as stored: its bits are the index width, its bytes the indices
+    plus the decode header and value tables (``stored_weight_bytes``); the decode op
+    gets no row of its own.
+    """
+    decoded = {out: (op, k) for op in graph.operators if op.name == DECODE_OP
+               for k, out in enumerate(op.outputs)}
     rows = []
     for op in graph.operators:
+        if op.name == DECODE_OP:
+            continue
         consts = [graph.tensors[i] for i in op.inputs if i >= 0 and graph.tensors[i].is_constant]
         if op.name not in _WEIGHT_OPS:  # skip shape/axis operands (RESHAPE, MEAN, ...)
             consts = [t for t in consts if t.type != "INT32"]
         macs = _macs(graph, op)
-        if not consts and not macs:
-            continue
         weight = None
         if op.name in _WEIGHT_OPS and len(op.inputs) > 1 and op.inputs[1] >= 0:
             weight = graph.tensors[op.inputs[1]]
+        if weight is not None and weight.index in decoded:
+            decode, k = decoded[weight.index]
+            indices, tables = (graph.tensors[decode.inputs[2 * k + j]] for j in (0, 1))
+            params = element_count(weight.shape)
+            rows.append(_resource_row(graph, op, macs, f"{weight.type} LUT",
+                                      round(8 * indices.buffer_bytes / params),
+                                      indices.buffer_bytes + tables.buffer_bytes, params,
+                                      sum(t.buffer_bytes for t in consts)))
+            continue
+        if not consts and not macs:
+            continue
         if weight is None or not weight.is_constant:
             weight = consts[0] if consts else None
-        rows.append({
-            "index": op.index,
-            "op": op.name,
-            "layer": op_layer(graph, op),
-            "weight_type": weight.type if weight is not None else None,
-            "weight_bits": _BITS.get(weight.type) if weight is not None else None,
-            "weight_bytes": weight.buffer_bytes if weight is not None else 0,
-            "weight_params": element_count(weight.shape) if weight is not None else 0,
-            "other_const_bytes": sum(t.buffer_bytes for t in consts if t is not weight),
-            "macs": macs,
-        })
+        rows.append(_resource_row(
+            graph, op, macs,
+            weight.type if weight is not None else None,
+            _BITS.get(weight.type) if weight is not None else None,
+            weight.buffer_bytes if weight is not None else 0,
+            element_count(weight.shape) if weight is not None else 0,
+            sum(t.buffer_bytes for t in consts if t is not weight),
+        ))
     return rows
+
+
+def _resource_row(graph: FlatbufferModel, op: Operator, macs: int, weight_type: str | None,
+                  bits: int | None, weight_bytes: int, params: int, other: int) -> dict:
+    return {
+        "index": op.index,
+        "op": op.name,
+        "layer": op_layer(graph, op),
+        "weight_type": weight_type,
+        "weight_bits": bits,
+        "weight_bytes": weight_bytes,
+        "weight_params": params,
+        "other_const_bytes": other,
+        "macs": macs,
+    }
 
 
 def _macs(graph: FlatbufferModel, op: Operator) -> int:
@@ -500,7 +532,7 @@ def check_model(model: bytes, data=None, keras_model=None, samples: int = DEFAUL
     report = CheckReport(model_bytes=len(model), flash_bytes=len(aligned))
     report.resources = layer_resources(graph)
     report.total_macs = sum(r["macs"] for r in report.resources)
-    report.weight_bytes = graph.weight_bytes()
+    report.weight_bytes = stored_weight_bytes(model)
 
     progress("resolution: static op and type table")
     report.resolution_errors = _static_resolution(graph)
@@ -525,7 +557,7 @@ def check_model(model: bytes, data=None, keras_model=None, samples: int = DEFAUL
     micro = MicroInterpreter(aligned, arena_size=arena.reported + 64 * 1024)
     count = samples if data is None else min(samples, len(_first(data)))
     inputs = _sample_inputs(graph, micro, data, count)
-    if "TFLM_DECODE" in graph.op_names:
+    if DECODE_OP in graph.op_names:
         report.layer_check = ("skipped: compressed model (TFLM_DECODE), which TFLite's "
                               "interpreter cannot run")
     else:
