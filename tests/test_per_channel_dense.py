@@ -11,7 +11,7 @@ from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as sch
 import tfqnet
 from tests.helpers import fine_tune, top1_agreement
 from tfqnet import grid
-from tfqnet._keras import tf
+from tfqnet._keras import keras, tf
 from tfqnet.convert.per_channel_dense import restore_channel_scales
 from tfqnet.errors import ConversionError
 from tfqnet.quantizers import srq
@@ -100,3 +100,20 @@ def test_a_kernel_the_converter_changed_is_an_error(per_channel_srq):
     with pytest.raises(ConversionError, match="no FULLY_CONNECTED filter"):
         restore_channel_scales(flatbuffer, [stray])
     assert restore_channel_scales(flatbuffer, []) == flatbuffer
+
+
+def test_a_dense_layer_called_twice_is_a_clear_error():
+    """The converter requantizes a kernel that two FULLY_CONNECTED ops read (int8, from
+    the float values, ignoring the FakeQuant), so the trained codes are not in the file."""
+    keras.utils.set_random_seed(0)
+    layers = keras.layers
+    left, right = layers.Input((8,), name="left"), layers.Input((8,), name="right")
+    shared = layers.Dense(8, activation="relu", name="shared")
+    joined = layers.Concatenate()([shared(left), shared(right)])
+    model = keras.Model([left, right], layers.Dense(2, name="out")(joined))
+    qat = tfqnet.quantize_model(model, "srq", 4, 8, storage="compressed")
+    qat.compile("adam", "mse")
+    xs = [np.random.default_rng(0).random((16, 8), np.float32)] * 2
+    qat.fit(xs, np.zeros((16, 2), np.float32), epochs=1, verbose=0)
+    with pytest.raises(ConversionError, match="Dense layer called more than once"):
+        tfqnet.convert(qat, xs)

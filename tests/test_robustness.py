@@ -46,8 +46,10 @@ def test_shared_layer_and_multiple_inputs_and_outputs_convert_and_agree_on_tflm(
     computes what the QAT model does, within TFLM's known FULLY_CONNECTED rounding:
     +-1 LSB per op, which three chained Dense ops grow to a few LSB on some outputs
     (measured on this model and on the same model without sharing: at most 1-4 LSB,
-    0.2-0.6 LSB on average, varying with the trained weights). Inputs fed in the wrong
-    order are off by far more."""
+    0.2-0.6 LSB on average, varying with the trained weights). Part of that is the
+    shared kernel itself: the converter requantizes a kernel that two ops read to int8
+    (`tfl.pseudo_qconst`), within half an int8 step of its trained 4-bit grid but not on
+    it (../shared/tflm-facts.md). Inputs fed in the wrong order are off by far more."""
     rng = np.random.default_rng(1)
     left, right = keras.Input((8,), name="left"), keras.Input((8,), name="right")
     shared = L.Dense(8, activation="relu", name="shared")

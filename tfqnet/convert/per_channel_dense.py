@@ -63,36 +63,44 @@ def restore_channel_scales(
     """``flatbuffer`` with each of ``kernels`` (traced per tensor) quantized per channel.
 
     Raises :class:`~tfqnet.errors.ConversionError` when a kernel has no
-    FULLY_CONNECTED filter with its codes (the converter changed the kernel, e.g. by
-    fusing it with another op): its channel scales could not be restored.
+    FULLY_CONNECTED filter with its codes: its channel scales could not be restored.
+    That happens to a Dense layer called more than once: the converter requantizes a
+    kernel read by two ops itself (int8, ignoring its FakeQuant).
     """
     if not kernels:
         return bytes(flatbuffer)
     model = model_editor.read(bytes(flatbuffer))
-    pending = list(kernels)
-    done: set[int] = set()
+    # a shared Dense layer is recorded once per call, and its calls share one filter
+    unique = list({(k.codes.shape, k.codes.tobytes(), k.scales.tobytes()): k
+                   for k in kernels}.values())
+    restored: dict[int, ChannelScaledKernel] = {}  # id of a filter tensor -> its kernel
     for subgraph in model.subgraphs:
         for op in subgraph.operators:
             if op.opcode != schema.BuiltinOperator.FULLY_CONNECTED or len(op.inputs) < 2:
                 continue
             filter_tensor = op.inputs[1]
-            if filter_tensor is None or id(filter_tensor) in done:
+            if filter_tensor is None:
                 continue
-            kernel = next((k for k in pending if _matches(filter_tensor, k)), None)
+            kernel = restored.get(id(filter_tensor))
             if kernel is None:
-                continue
-            pending.remove(kernel)
-            done.add(id(filter_tensor))
-            filter_tensor.quantization = _per_channel(kernel.scales)
+                kernel = next((k for k in unique if _matches(filter_tensor, k)), None)
+                if kernel is None:
+                    continue
+                restored[id(filter_tensor)] = kernel
+                filter_tensor.quantization = _per_channel(kernel.scales)
             bias = op.inputs[2] if len(op.inputs) > 2 else None
-            if bias is not None and bias.buffer is not None:
+            if bias is not None and bias.buffer is not None:  # each op its own new bias
                 op.inputs[2] = _requantized_bias(bias, op.inputs[0], kernel.scales)
+    matched = {id(k) for k in restored.values()}
+    pending = [k for k in unique if id(k) not in matched]
     if pending:
         raise ConversionError(
             f"{len(pending)} per-channel Dense kernel(s) (e.g. one of shape "
             f"{pending[0].codes.shape}) have no FULLY_CONNECTED filter with their codes in "
-            "the converted model, so their channel scales cannot be written; quantize "
-            "that Dense layer per tensor."
+            "the converted model, so their channel scales cannot be written. The usual "
+            "cause is a Dense layer called more than once: the converter requantizes a "
+            "kernel that two ops read. Give each call its own Dense layer, or quantize "
+            "Dense kernels per tensor (srq: storage='int4')."
         )
     return bytes(model.build())
 
