@@ -70,7 +70,7 @@ def restore_channel_scales(
     if not kernels:
         return bytes(flatbuffer)
     model = model_editor.read(bytes(flatbuffer))
-    # a shared Dense layer is recorded once per call, and its calls share one filter
+    # a layer called twice is recorded twice (and then not found: see the docstring)
     unique = list({(k.codes.shape, k.codes.tobytes(), k.scales.tobytes()): k
                    for k in kernels}.values())
     restored: dict[int, ChannelScaledKernel] = {}  # id of a filter tensor -> its kernel
@@ -89,7 +89,7 @@ def restore_channel_scales(
                 restored[id(filter_tensor)] = kernel
                 filter_tensor.quantization = _per_channel(kernel.scales)
             bias = op.inputs[2] if len(op.inputs) > 2 else None
-            if bias is not None and bias.buffer is not None:  # each op its own new bias
+            if bias is not None and bias.buffer is not None:  # each op gets its own bias
                 op.inputs[2] = _requantized_bias(bias, op.inputs[0], kernel.scales)
     matched = {id(k) for k in restored.values()}
     pending = [k for k in unique if id(k) not in matched]
