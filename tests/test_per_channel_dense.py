@@ -14,6 +14,7 @@ from tfqnet import grid
 from tfqnet._keras import keras, tf
 from tfqnet.convert.per_channel_dense import restore_channel_scales
 from tfqnet.errors import ConversionError
+from tfqnet.quantize.api import quantizers_of
 from tfqnet.quantizers import srq
 
 
@@ -33,9 +34,8 @@ def _fully_connected(flatbuffer):
 
 
 def _dense_quantizers(qat):
-    configs = [getattr(layer, "quantize_config", None) for layer in qat.layers]
-    kernels = [getattr(c, "weight_quantizer", None) for c in configs]
-    return [q for q in kernels if isinstance(q, srq.SRQWeightQuantizer) and q.per_channel_dense]
+    return [q for q in quantizers_of(qat)
+            if isinstance(q, srq.SRQWeightQuantizer) and q.per_channel_dense]
 
 
 def test_compressed_storage_quantizes_dense_per_channel(per_channel_srq):

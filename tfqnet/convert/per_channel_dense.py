@@ -70,37 +70,29 @@ def restore_channel_scales(
     if not kernels:
         return bytes(flatbuffer)
     model = model_editor.read(bytes(flatbuffer))
-    # a layer called twice is recorded twice (and then not found: see the docstring)
-    unique = list({(k.codes.shape, k.codes.tobytes(), k.scales.tobytes()): k
-                   for k in kernels}.values())
-    restored: dict[int, ChannelScaledKernel] = {}  # id of a filter tensor -> its kernel
+    pending = list(kernels)
     for subgraph in model.subgraphs:
         for op in subgraph.operators:
             if op.opcode != schema.BuiltinOperator.FULLY_CONNECTED or len(op.inputs) < 2:
                 continue
             filter_tensor = op.inputs[1]
-            if filter_tensor is None:
+            found = None if filter_tensor is None else next(
+                (i for i, k in enumerate(pending) if _matches(filter_tensor, k)), None)
+            if found is None:
                 continue
-            kernel = restored.get(id(filter_tensor))
-            if kernel is None:
-                kernel = next((k for k in unique if _matches(filter_tensor, k)), None)
-                if kernel is None:
-                    continue
-                restored[id(filter_tensor)] = kernel
-                filter_tensor.quantization = _per_channel(kernel.scales)
+            kernel = pending.pop(found)  # by position: == on arrays is elementwise
+            filter_tensor.quantization = _per_channel(kernel.scales)
             bias = op.inputs[2] if len(op.inputs) > 2 else None
-            if bias is not None and bias.buffer is not None:  # each op gets its own bias
+            if bias is not None and bias.buffer is not None:
                 op.inputs[2] = _requantized_bias(bias, op.inputs[0], kernel.scales)
-    matched = {id(k) for k in restored.values()}
-    pending = [k for k in unique if id(k) not in matched]
     if pending:
         raise ConversionError(
-            f"{len(pending)} per-channel Dense kernel(s) (e.g. one of shape "
-            f"{pending[0].codes.shape}) have no FULLY_CONNECTED filter with their codes in "
-            "the converted model, so their channel scales cannot be written. The usual "
-            "cause is a Dense layer called more than once: the converter requantizes a "
-            "kernel that two ops read. Give each call its own Dense layer, or quantize "
-            "Dense kernels per tensor (srq: storage='int4')."
+            f"per-channel Dense kernel(s) of shape {sorted({k.codes.shape for k in pending})} "
+            "have no FULLY_CONNECTED filter with their codes in the converted model, so "
+            "their channel scales cannot be written. The usual cause is a Dense layer "
+            "called more than once: the converter requantizes a kernel that two ops read. "
+            "Give each call its own Dense layer, or quantize Dense kernels per tensor (srq: "
+            "storage='int4')."
         )
     return bytes(model.build())
 
