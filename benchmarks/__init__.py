@@ -6,7 +6,7 @@ an order that depends on thread scheduling, and methods sensitive to last-bit no
 (QN's soft zone) moved by up to 2 accuracy points between identical runs. Measured
 cost: none beyond run-to-run timing noise. QN and SRQ rows measured before
 commit fbabe30 may not repeat exactly: their sums used ``tf.add_n``, whose order op
-determinism does not fix (:func:`tfqnet.quantizers.base.ordered_sum`).
+determinism does not fix (:func:`tfqnet.core.quantizer.ordered_sum`).
 """
 
 from tfqnet._keras import tf

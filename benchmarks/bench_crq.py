@@ -18,7 +18,7 @@ tfqnet rows: accuracy of the converted model on the TFLM runtime; TFMOT: of its 
 QAT model (its 2-bit fake-quant does not deploy as 2-bit weights). Sizes, of the CRQ
 export: filter bytes stored as int8 (one byte per weight), as packed INT4 (the default
 export) and as 2-bit indices with TFLM's compression (indices + decode headers + value
-tables, :func:`tfqnet.convert.compression.stored_weight_bytes`), and whether the
+tables, :func:`tfqnet.export.compression.stored_weight_bytes`), and whether the
 compressed model's raw int8 outputs equal the INT4 model's on the TFLM runtime.
 """
 
@@ -34,8 +34,8 @@ import tfqnet
 from benchmarks.baselines import tfmot_ternary
 from benchmarks.report import markdown_table, verdict, write_section
 from tfqnet._keras import keras
-from tfqnet.convert.compression import compress_ternary, stored_weight_bytes
 from tfqnet.datasets import load_digits
+from tfqnet.export.compression import compress_ternary, stored_weight_bytes
 from tfqnet.models import compile_classifier, digits_cnn
 
 ROWS = {

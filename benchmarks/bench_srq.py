@@ -13,7 +13,7 @@ For each seed: train the digits CNN in float, then fine-tune (Adam 5e-4) with
 * ``srq`` W4A4;
 
 convert each, run it on the TFLM runtime and read the kernel bytes from the flatbuffer
-(:func:`tfqnet.convert.compression.stored_weight_bytes`: indices, decode header and
+(:func:`tfqnet.export.compression.stored_weight_bytes`: indices, decode header and
 tables for compressed kernels).
 """
 
@@ -28,8 +28,8 @@ import numpy as np
 import tfqnet
 from benchmarks.report import markdown_table, verdict, write_section
 from tfqnet._keras import keras
-from tfqnet.convert.compression import stored_weight_bytes
 from tfqnet.datasets import load_digits
+from tfqnet.export.compression import stored_weight_bytes
 from tfqnet.models import compile_classifier, digits_cnn
 from tfqnet.quantizers import srq
 

@@ -40,7 +40,7 @@ import tfqnet
 from benchmarks.baselines import tflite_float, tflite_int8, tfmot_default, tfmot_n_bit
 from benchmarks.tasks import PIXEL_SCALE, Task
 from tfqnet._keras import keras
-from tfqnet.convert.compression import stored_weight_bytes
+from tfqnet.export.compression import stored_weight_bytes
 from tfqnet.micro.arena import measure_arena
 from tfqnet.micro.c_arrays import align_flatbuffer
 from tfqnet.models import compile_classifier

@@ -9,7 +9,7 @@ scheduling, so two identical seeded runs in one process differ in the last bits 
 some gradients (measured: the SRQ checkpoint-resume comparison failed 3 of 3 times with
 ``PYTHONHASHSEED=3``, 0 of 3 with determinism on, at no measurable step-time cost).
 Op determinism does not cover TensorFlow's AddN, whose order depends on thread timing
-too; tfqnet's quantizers sum without it (:func:`tfqnet.quantizers.base.ordered_sum`).
+too; tfqnet's quantizers sum without it (:func:`tfqnet.core.quantizer.ordered_sum`).
 """
 
 from __future__ import annotations

@@ -25,8 +25,8 @@ import numpy as np
 
 import tfqnet  # first: makes tf.keras tf-keras (TensorFlow is imported after it)
 from tfqnet._keras import keras
-from tfqnet.convert.flatbuffer import FlatbufferModel
 from tfqnet.datasets import load_digits
+from tfqnet.export.flatbuffer import FlatbufferModel
 from tfqnet.models import compile_classifier
 
 SAMPLES = 64
@@ -175,7 +175,7 @@ def gathered_statistics(strategy, shards: list[np.ndarray]) -> list[list[float]]
     """Each replica's global ``[min, max, mean]`` when replica i holds ``shards[i]``."""
     import tensorflow as tf
 
-    from tfqnet.quantizers.base import _global_statistics, _local_statistics
+    from tfqnet.core.quantizer import _global_statistics, _local_statistics
 
     values = strategy.experimental_distribute_values_from_function(
         lambda context: tf.constant(shards[context.replica_id_in_sync_group], tf.float32)

@@ -11,8 +11,8 @@ import pytest
 from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
 
 from tests.micro_helpers import digits_qat_and_tflite
-from tfqnet.convert.flatbuffer import FlatbufferModel
 from tfqnet.errors import InvalidModelFileError
+from tfqnet.export.flatbuffer import FlatbufferModel
 from tfqnet.micro import run_tflm
 from tfqnet.micro.c_arrays import (
     align_flatbuffer,

@@ -13,8 +13,8 @@ from tests.micro_helpers import (
     disagreeing_qat_model,
     unsupported_op_tflite,
 )
-from tfqnet.convert.flatbuffer import FlatbufferModel
 from tfqnet.errors import InvalidModelFileError
+from tfqnet.export.flatbuffer import FlatbufferModel
 from tfqnet.micro.arena import with_margin
 from tfqnet.micro.c_arrays import align_flatbuffer
 from tfqnet.micro.checker import check_model
@@ -104,8 +104,9 @@ def test_corrupt_bytes_raise_invalid_model_file():
 
 
 def test_resources_count_a_compressed_filter_as_stored(qat_and_tflite):
-    from tfqnet.convert.compression import DECODE_OP, _compressed, _Filter, stored_weight_bytes
+    from tfqnet.export.compression import _compressed, _Filter, stored_weight_bytes
     from tfqnet.micro.checker import layer_resources
+    from tfqnet.tflite_format import DECODE_OP
 
     tflite = qat_and_tflite[1]
     graph = FlatbufferModel.from_bytes(tflite)

@@ -5,8 +5,8 @@ import pytest
 
 import tfqnet
 from tests.helpers import fine_tune, top1_agreement
-from tfqnet.convert.flatbuffer import packed_bytes
-from tfqnet.quantize.api import quantizers_of
+from tfqnet.core.config import quantizers_of
+from tfqnet.export.flatbuffer import packed_bytes
 
 
 @pytest.fixture(scope="module")

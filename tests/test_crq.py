@@ -11,13 +11,7 @@ import tensorflow as tf
 import tfqnet
 from tests.helpers import fine_tune, top1_agreement
 from tfqnet._keras import keras
-from tfqnet.convert.compression import (
-    DECODE_OP,
-    compress,
-    compress_ternary,
-    stored_weight_bytes,
-    unpack_int4,
-)
+from tfqnet.export.compression import compress, compress_ternary, stored_weight_bytes
 from tfqnet.quantizers.crq import (
     ClusterRegularizer,
     CRQSchedule,
@@ -27,6 +21,7 @@ from tfqnet.quantizers.crq import (
     ternary_codes,
     twn_alpha,
 )
+from tfqnet.tflite_format import DECODE_OP, unpack_int4
 
 EPOCHS = 4
 

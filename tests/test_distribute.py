@@ -21,8 +21,8 @@ import tensorflow as tf
 
 import tfqnet
 from tests.distribute_worker import EPOCHS, tiny_cnn
-from tfqnet.quantize.api import quantizers_of
-from tfqnet.quantizers.base import BatchStatistics, _global_statistics, _local_statistics
+from tfqnet.core.config import quantizers_of
+from tfqnet.core.quantizer import BatchStatistics, _global_statistics, _local_statistics
 
 WORKER = Path(__file__).with_name("distribute_worker.py")
 #: state that holds integers (zero points, 0/1 flags, frozen widths): must match exactly

@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 
 from tfqnet import grid
+from tfqnet.tflite_format import weight_container_bits
 
 
 @pytest.mark.parametrize("bits", range(2, 9))
@@ -23,7 +24,7 @@ def test_weight_fake_quant_keeps_grid_values_exactly(bits, per_axis):
 
 
 def test_weight_storage_is_int4_up_to_4_bits():
-    assert [grid.weight_storage_bits(b) for b in range(2, 9)] == [4, 4, 4, 8, 8, 8, 8]
+    assert [weight_container_bits(b) for b in range(2, 9)] == [4, 4, 4, 8, 8, 8, 8]
 
 
 @pytest.mark.parametrize("bits", [2, 4, 8])

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from tests.micro_helpers import digits_qat_and_tflite, unsupported_op_tflite
-from tfqnet.convert.flatbuffer import FlatbufferModel, Operator
+from tfqnet.export.flatbuffer import FlatbufferModel, Operator
 from tfqnet.micro.op_resolver import (
     TFLM_BUILTINS,
     UnsupportedOpError,

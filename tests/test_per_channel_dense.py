@@ -1,5 +1,5 @@
 """Per-channel Dense kernels: traced per tensor, their channel scales written back
-(tfqnet.grid.per_channel_dense_export, tfqnet.convert.per_channel_dense)."""
+(tfqnet.export.per_channel_dense)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,13 @@ import tfqnet
 from tests.helpers import fine_tune, top1_agreement
 from tfqnet import grid
 from tfqnet._keras import keras, tf
-from tfqnet.convert.per_channel_dense import restore_channel_scales
+from tfqnet.core.config import quantizers_of
 from tfqnet.errors import ConversionError
-from tfqnet.quantize.api import quantizers_of
+from tfqnet.export.per_channel_dense import (
+    ChannelScaledKernel,
+    per_channel_dense_export,
+    restore_channel_scales,
+)
 from tfqnet.quantizers import srq
 
 
@@ -83,9 +87,9 @@ def test_qat_model_keeps_per_channel_values_outside_the_export(per_channel_srq, 
     qat, _ = per_channel_srq
     x = tf.constant(digits.x_test[:8])
     before = qat(x, training=False).numpy()
-    with grid.per_channel_dense_export() as kernels:
+    with per_channel_dense_export() as kernels:
         qat(x, training=False)
-        with pytest.raises(RuntimeError, match="nest"), grid.per_channel_dense_export():
+        with pytest.raises(RuntimeError, match="nest"), per_channel_dense_export():
             pass
     assert len(kernels) == 2
     for kernel in kernels:
@@ -96,7 +100,7 @@ def test_qat_model_keeps_per_channel_values_outside_the_export(per_channel_srq, 
 def test_a_kernel_the_converter_changed_is_an_error(per_channel_srq):
     _, flatbuffer = per_channel_srq
     codes = np.ones((4, 3), np.int8)
-    stray = grid.ChannelScaledKernel(codes, np.array([0.1, 0.2, 0.3], np.float32))
+    stray = ChannelScaledKernel(codes, np.array([0.1, 0.2, 0.3], np.float32))
     with pytest.raises(ConversionError, match="no FULLY_CONNECTED filter"):
         restore_channel_scales(flatbuffer, [stray])
     assert restore_channel_scales(flatbuffer, []) == flatbuffer

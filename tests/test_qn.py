@@ -14,9 +14,9 @@ from sklearn.cluster import KMeans
 import tfqnet
 from tests.helpers import fine_tune, top1_agreement
 from tfqnet._keras import keras
-from tfqnet.quantize.api import quantizers_of
+from tfqnet.core.config import quantizers_of
+from tfqnet.core.quantizer import ordered_sum
 from tfqnet.quantizers import qn
-from tfqnet.quantizers.base import ordered_sum
 
 K_STEP = 10.0  # the method's default temperature_step
 

@@ -6,7 +6,7 @@ import pytest
 import tfqnet
 from tests.helpers import fine_tune, top1_agreement
 from tfqnet._keras import keras
-from tfqnet.quantize.configs import LayerQuantizeConfig
+from tfqnet.core.config import LayerQuantizeConfig
 from tfqnet.quantizers import UniformActivationQuantizer, UniformWeightQuantizer
 
 L = keras.layers

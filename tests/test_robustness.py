@@ -183,12 +183,12 @@ def test_package_import_is_lazy_and_keeps_the_public_api():
 import sys
 import tfqnet
 assert "tensorflow" not in sys.modules, "import tfqnet loaded TensorFlow"
-import tfqnet.convert.flatbuffer, tfqnet.micro.checker
+import tfqnet.export.flatbuffer, tfqnet.micro.checker
 assert "tensorflow" not in sys.modules, "the flatbuffer tools loaded TensorFlow"
 import tensorflow as tf
 assert tf.keras.__name__.startswith("tf_keras"), tf.keras.__name__
 assert callable(tfqnet.convert) and callable(tfqnet.callbacks)
-import tfqnet.callbacks
+import tfqnet.export.api, tfqnet.quantize.api
 assert tfqnet.callbacks.__name__ == "callbacks" and tfqnet.convert.__name__ == "convert"
 assert "uniform" in tfqnet.method_names() and tfqnet.quantize_model.__name__ == "quantize_model"
 assert tfqnet.grid.weight_qmax(4) == 7

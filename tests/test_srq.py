@@ -11,9 +11,9 @@ import tfqnet
 from tests.helpers import fine_tune, top1_agreement
 from tfqnet import grid
 from tfqnet._keras import keras
+from tfqnet.core.config import quantizers_of
 from tfqnet.errors import ConversionError
 from tfqnet.models import compile_classifier
-from tfqnet.quantize.api import quantizers_of
 from tfqnet.quantizers import srq
 
 # kernel sizes of the digits CNN: conv1, conv2, fc1, logits
@@ -301,7 +301,7 @@ def test_convert_refuses_unfrozen_widths(budgeted, digits):
 
 
 def test_compressed_storage_counts_lookup_table_bytes():
-    from tfqnet.convert.compression import lut_weight_bytes
+    from tfqnet.tflite_format import lut_weight_bytes
 
     n = SIZES["fc1"]  # a per-tensor Dense kernel: one table
     assert srq.storage_form(n, 3, "compressed") == ("3-bit LUT", lut_weight_bytes(n, 3, 1, 7))
@@ -440,7 +440,8 @@ def compressed_budgeted(float_digits_model, digits):
 
 
 def test_compressed_budget_is_respected_by_the_flatbuffer(compressed_budgeted, float_digits_model):
-    from tfqnet.convert.compression import DECODE_OP, stored_weight_bytes
+    from tfqnet.export.compression import stored_weight_bytes
+    from tfqnet.tflite_format import DECODE_OP
 
     with pytest.raises(ValueError, match="below the smallest"):  # INT4 storage cannot
         tfqnet.callbacks(tfqnet.quantize_model(float_digits_model, "srq", 5, 8,

@@ -1,8 +1,11 @@
 """tfqnet: learned low-bit quantization for Keras, deployed on TensorFlow Lite Micro.
 
-Data flow: ``quantize_model`` (TFMOT configs and scheme) -> quantizers (one module
-per method, sharing :mod:`tfqnet.grid`) -> ``convert`` (TFLite, INT4 packing) ->
-:mod:`tfqnet.micro` (TFLM runtime, C arrays, checker).
+Layers, each importing only those before it: contracts (:mod:`tfqnet.errors`,
+:mod:`tfqnet.tflite_format`, :mod:`tfqnet.grid`, :mod:`tfqnet.core`) -> quantizers (one
+module or package per method) -> :mod:`tfqnet.layers` -> :mod:`tfqnet.quantize`
+(``quantize_model``: TFMOT registry, transforms, scheme) -> :mod:`tfqnet.export`
+(``convert``: one handler per target) -> :mod:`tfqnet.micro` (TFLM runtime, C arrays,
+checker) -> :mod:`tfqnet.cli`.
 
 Importing tfqnet first makes ``tf.keras`` tf-keras (Keras 2), which TFMOT needs.
 
@@ -10,7 +13,7 @@ The import is lazy: ``import tfqnet`` only sets ``TF_USE_LEGACY_KERAS``; TensorF
 TFMOT and tfqnet's Keras classes load at the first use of a public name
 (``tfqnet.quantize_model``, ``tfqnet.quantize_scope``, ...), all at once, so every
 registered class (quantizers, regularizers, layers) is known from then on. Tools that
-only read flatbuffers (``tfqnet check``/``export-c``, :mod:`tfqnet.convert.flatbuffer`)
+only read flatbuffers (``tfqnet check``/``export-c``, :mod:`tfqnet.export.flatbuffer`)
 therefore answer a bad file in a fraction of a second instead of after TensorFlow's
 several-second import.
 """
@@ -20,7 +23,6 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-import types
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -38,23 +40,23 @@ _EXPORTS = {
     "Keras3ModelError": "tfqnet.errors",
     "TfqnetError": "tfqnet.errors",
     "UnsupportedLayerError": "tfqnet.errors",
-    "FlatbufferModel": "tfqnet.convert.flatbuffer",
+    "FlatbufferModel": "tfqnet.export.flatbuffer",
     "MicroInterpreter": "tfqnet.micro.runtime",
     "run_tflm": "tfqnet.micro.runtime",
     "PixelEmbedding": "tfqnet.layers",
-    "callbacks": "tfqnet.callbacks",
-    "convert": "tfqnet.convert.tflite",
-    "load_model": "tfqnet.quantize",
-    "method_names": "tfqnet.quantize",
-    "quantize_model": "tfqnet.quantize",
-    "quantize_scope": "tfqnet.quantize",
+    "callbacks": "tfqnet.quantize.api",
+    "convert": "tfqnet.export.api",
+    "load_model": "tfqnet.quantize.api",
+    "method_names": "tfqnet.core.method",
+    "quantize_model": "tfqnet.quantize.api",
+    "quantize_scope": "tfqnet.quantize.api",
     "bit_width_report": "tfqnet.quantizers.srq",
 }
 #: names that need no TensorFlow: loaded on their own
-_LIGHT = {"tfqnet.errors", "tfqnet.convert.flatbuffer", "tfqnet.micro.runtime"}
+_LIGHT = {"tfqnet.errors", "tfqnet.export.flatbuffer", "tfqnet.micro.runtime"}
 #: modules that register Keras classes (loaded together, in this order, on first use)
-_KERAS_MODULES = ("tfqnet._keras", "tfqnet.quantizers", "tfqnet.quantize", "tfqnet.layers",
-                  "tfqnet.callbacks", "tfqnet.convert.tflite")
+_KERAS_MODULES = ("tfqnet._keras", "tfqnet.quantizers", "tfqnet.layers", "tfqnet.quantize",
+                  "tfqnet.export.api")
 
 __all__ = [
     "ConversionError",
@@ -88,34 +90,6 @@ def _resolve(name: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
-class _FunctionNamedLikeItsModule:
-    """``tfqnet.convert`` and ``tfqnet.callbacks`` are functions defined in submodules of
-    the same name. Python binds a submodule to its package attribute when it is first
-    imported (e.g. by ``import tfqnet.convert.flatbuffer``), which would turn
-    ``tfqnet.convert(...)`` into a call of a module; this data descriptor keeps the
-    attribute the function and ignores that binding (the submodule stays reachable
-    through ``sys.modules`` and ``import tfqnet.convert.x``)."""
-
-    def __init__(self, name: str):
-        self.name = name
-        self.value: Any = None
-
-    def __get__(self, package: object, owner: type | None = None) -> Any:
-        if package is None:
-            return self
-        if self.value is None:
-            self.value = _resolve(self.name)
-        return self.value
-
-    def __set__(self, package: object, value: Any) -> None:
-        pass  # the import system binding the submodule: keep the function
-
-
-class _Package(types.ModuleType):
-    convert = _FunctionNamedLikeItsModule("convert")
-    callbacks = _FunctionNamedLikeItsModule("callbacks")
-
-
 def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
         try:  # a submodule not imported yet, e.g. `tfqnet.grid`
@@ -133,17 +107,13 @@ def __dir__() -> list[str]:
     return sorted({*globals(), *_EXPORTS})
 
 
-sys.modules[__name__].__class__ = _Package
-
 if "tensorflow" in sys.modules:
     # TensorFlow is loaded already, so loading the rest costs little; doing it now keeps
     # the warning of tfqnet._keras (tf.keras is Keras 3 here) at `import tfqnet`.
     _load_keras_side()
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ provides these
-    from tfqnet.callbacks import callbacks
-    from tfqnet.convert.flatbuffer import FlatbufferModel
-    from tfqnet.convert.tflite import convert
+    from tfqnet.core.method import method_names
     from tfqnet.errors import (
         ConversionError,
         InvalidModelFileError,
@@ -151,7 +121,9 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ provide
         TfqnetError,
         UnsupportedLayerError,
     )
+    from tfqnet.export.api import convert
+    from tfqnet.export.flatbuffer import FlatbufferModel
     from tfqnet.layers import PixelEmbedding
     from tfqnet.micro.runtime import MicroInterpreter, run_tflm
-    from tfqnet.quantize import method_names, quantize_model, quantize_scope
+    from tfqnet.quantize.api import callbacks, load_model, quantize_model, quantize_scope
     from tfqnet.quantizers.srq import bit_width_report

@@ -1,8 +1,8 @@
 """The ``tfqnet`` command line: ``export-c`` (sources for a board) and ``check``.
 
-Heavy modules (the TFLM runtime, TensorFlow for Keras models) are imported inside
-the subcommands, after the model file has been read and validated, so a wrong path
-or a corrupt file is answered with one line on stderr and exit code 2.
+TensorFlow (for ``check --keras``) is imported only when a Keras model is loaded, after
+the model file has been read and validated, so a wrong path or a corrupt file is
+answered with one line on stderr and exit code 2 within a second.
 
 Exit codes: 0 ok, 1 a check failed (or the model cannot run on TFLM), 2 bad input
 (unreadable/corrupt file, refusing to overwrite, bad arguments), 70 a bug in tfqnet
@@ -18,6 +18,17 @@ import os
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
+
+from tfqnet._files import refuse_to_overwrite, write_atomic
+from tfqnet.errors import InvalidModelFileError
+from tfqnet.micro import c_arrays
+from tfqnet.micro.arena import ArenaProbeError, measure_arena
+from tfqnet.micro.checker import check_model, load_keras_model
+from tfqnet.micro.model_file import read_model_file
+from tfqnet.micro.op_resolver import UnsupportedOpError, op_resolver_header
+from tfqnet.micro.runtime import MicroInterpreter
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_INTERNAL = 70  # sysexits EX_SOFTWARE: a bug in tfqnet
@@ -39,8 +50,6 @@ def _progress(message: str) -> None:
 def _read_model(path: str):
     """(bytes, FlatbufferModel) of a .tflite file, validated without TensorFlow or
     native code (see tfqnet.micro.model_file), or a one-line usage error."""
-    from tfqnet.errors import InvalidModelFileError
-    from tfqnet.micro.model_file import read_model_file
 
     try:
         return read_model_file(path)
@@ -51,8 +60,6 @@ def _read_model(path: str):
 
 
 def _read_npy(path: str):
-    import numpy as np
-
     try:
         array = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as error:
@@ -70,13 +77,6 @@ def _read_npy(path: str):
 
 
 def _export_c(args) -> int:
-    import numpy as np
-
-    from tfqnet._files import refuse_to_overwrite, write_atomic
-    from tfqnet.errors import InvalidModelFileError
-    from tfqnet.micro import c_arrays
-    from tfqnet.micro.arena import ArenaProbeError, measure_arena
-    from tfqnet.micro.op_resolver import UnsupportedOpError, op_resolver_header
 
     started = time.monotonic()
     data, graph = _read_model(args.model)
@@ -113,7 +113,6 @@ def _export_c(args) -> int:
     except ArenaProbeError as error:
         _error(f"{args.model}: {error}")
         return EXIT_FAILED
-    from tfqnet.micro.runtime import MicroInterpreter
 
     micro = MicroInterpreter(aligned, arena_size=arena.reported)
     if inputs is not None:
@@ -153,8 +152,6 @@ def _export_c(args) -> int:
 
 
 def _check(args) -> int:
-    from tfqnet._files import refuse_to_overwrite, write_atomic
-
     data, graph = _read_model(args.model)
     samples = _read_npy(args.data) if args.data else None
     if samples is not None:
@@ -175,12 +172,9 @@ def _check(args) -> int:
     if args.samples < 1:
         raise _UsageError("--samples must be at least 1")
 
-    from tfqnet.errors import InvalidModelFileError
-    from tfqnet.micro.checker import check_model
 
     keras_model = None
     if args.keras:
-        from tfqnet.micro.checker import load_keras_model
 
         _progress(f"loading the Keras QAT model {args.keras}")
         try:

@@ -14,9 +14,10 @@ Weights: symmetric, narrow range, zero point 0. Codes of a ``bits``-bit weight a
 (codes -127..127); the container does not change the values, only their storage.
 A Dense kernel quantized per output channel is always int8: TFLM's FULLY_CONNECTED
 refuses per-channel INT4 filters, and the TFLite converter refuses per-axis Dense
-kernels altogether, so :func:`tfqnet.convert` traces them per tensor and writes their
-channel scales into the flatbuffer afterwards (:func:`per_channel_dense_export`,
-:mod:`tfqnet.convert.per_channel_dense`).
+kernels altogether, so :func:`tfqnet.convert` traces them per tensor (an
+:class:`ExportMode`) and writes their channel scales into the flatbuffer afterwards
+(:mod:`tfqnet.export.per_channel_dense`). The container rule itself is
+:func:`tfqnet.tflite_format.weight_container_bits`.
 
 Activations: asymmetric, ``bits`` in 2..8, levels ``scale * (q - zero_point)`` for
 ``q in [0, 2**bits - 1]`` with an integer ``zero_point``. TFLite has no 4-bit
@@ -30,10 +31,11 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator
-from typing import NamedTuple
+from typing import Protocol
 
-import numpy as np
 import tensorflow as tf
+
+from tfqnet.tflite_format import weight_container_bits
 
 WEIGHT_BITS = range(2, 9)
 ACTIVATION_BITS = range(2, 9)
@@ -51,13 +53,6 @@ def check_bits(bits: int, what: str, allowed: range = WEIGHT_BITS) -> int:
 def weight_qmax(bits: int) -> int:
     """Largest weight code of a symmetric narrow-range ``bits``-bit grid."""
     return 2 ** (bits - 1) - 1
-
-
-def weight_storage_bits(bits: int, per_channel_dense: bool = False) -> int:
-    """Bits of the flatbuffer container for ``bits``-bit weights: 4 (packed INT4) or 8;
-    always 8 for a Dense kernel quantized per channel (TFLM has no per-channel INT4
-    FULLY_CONNECTED)."""
-    return 4 if bits <= 4 and not per_channel_dense else 8
 
 
 def is_per_channel_dense(kernel_rank: int, per_axis: bool) -> bool:
@@ -131,11 +126,11 @@ def weight_fake_quant(
     per-channel Dense kernel, always int8).
     """
     dense = is_per_channel_dense(values.shape.rank, per_axis)
-    storage = weight_storage_bits(bits, dense)
+    storage = weight_container_bits(bits, dense)
     limit = weight_qmax(storage) * scale
-    export = getattr(_PER_CHANNEL_DENSE, "kernels", None)
-    if dense and export is not None:
-        return _dense_for_converter(values, scale, storage, export)
+    mode = getattr(_EXPORT, "mode", None)
+    if dense and mode is not None:
+        return mode.per_channel_dense_kernel(values, scale, storage)
     if not per_axis:
         return tf.quantization.fake_quant_with_min_max_vars(
             values, -limit, limit, num_bits=storage, narrow_range=True
@@ -151,56 +146,33 @@ def weight_fake_quant(
     return tf.reshape(out, shape) if tflite_shape else out
 
 
-# --- per-channel Dense kernels through the converter ------------------------------------
+# --- the seam an export mode plugs into ---------------------------------------------------
 
 
-class ChannelScaledKernel(NamedTuple):
-    """A per-channel Dense kernel as the converter cannot take it: ``codes`` [in, out]
-    (int8) and one ``scales`` entry per output channel (float32)."""
+class ExportMode(Protocol):
+    """What an export context (owned by :mod:`tfqnet.export`) changes in the inference
+    graph while the converter traces it."""
 
-    codes: np.ndarray
-    scales: np.ndarray
+    def per_channel_dense_kernel(
+        self, values: tf.Tensor, scale: tf.Tensor, storage_bits: int
+    ) -> tf.Tensor:
+        """The FakeQuant to emit for a per-channel Dense kernel ``values`` (on the grid
+        ``scale * code``, ``scale`` per output channel) in a ``storage_bits`` container."""
 
 
-_PER_CHANNEL_DENSE = threading.local()
+_EXPORT = threading.local()
 
 
 @contextlib.contextmanager
-def per_channel_dense_export() -> Iterator[list[ChannelScaledKernel]]:
-    """While active, :func:`weight_fake_quant` emits each per-channel Dense kernel as
-    its integer codes on one per-tensor grid (step: the smallest channel scale), which
-    the converter takes, and records, when run eagerly, the codes and the channel
-    scales into the yielded list, for
-    :func:`tfqnet.convert.per_channel_dense.restore_channel_scales` to write into the
-    flatbuffer.
-
-    Why: the converter stores a Dense kernel transposed ([out, in]) and fails on a
-    per-axis FakeQuant before the transpose ("'tfl.transpose' op has mismatched
-    quantized axes"; a reshape to a 1x1 convolution fails the same way), while TFLM's
-    FULLY_CONNECTED computes per-channel int8 filters exactly. Outside this context the
-    kernel keeps its per-channel FakeQuant, so the QAT model computes the deployed values.
-    """
-    if getattr(_PER_CHANNEL_DENSE, "kernels", None) is not None:
-        raise RuntimeError("per_channel_dense_export() does not nest")
-    _PER_CHANNEL_DENSE.kernels = []
+def export_mode(mode: ExportMode) -> Iterator[ExportMode]:
+    """Makes :func:`weight_fake_quant` consult ``mode`` while active (no nesting)."""
+    if getattr(_EXPORT, "mode", None) is not None:
+        raise RuntimeError("export modes do not nest")
+    _EXPORT.mode = mode
     try:
-        yield _PER_CHANNEL_DENSE.kernels
+        yield mode
     finally:
-        _PER_CHANNEL_DENSE.kernels = None
-
-
-def _dense_for_converter(
-    values: tf.Tensor, scale: tf.Tensor, storage: int, record: list[ChannelScaledKernel]
-) -> tf.Tensor:
-    codes = tf.round(values / scale)
-    step = tf.reduce_min(scale)
-    if tf.executing_eagerly():
-        record.append(ChannelScaledKernel(
-            codes.numpy().astype(np.int8), scale.numpy().astype(np.float32)))
-    limit = weight_qmax(storage) * step
-    return tf.quantization.fake_quant_with_min_max_vars(
-        codes * step, -limit, limit, num_bits=storage, narrow_range=True
-    )
+        _EXPORT.mode = None
 
 
 def activation_fake_quant(

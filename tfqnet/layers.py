@@ -14,7 +14,7 @@ and for a uint8 image a ``QUANTIZE`` uint8 -> int8 (scale 1, zero point 0 -> -12
 front, the same op the converter itself uses for uint8 model I/O. TFLM's GATHER needs
 int32 indices and its CAST takes no uint8, hence the int8 core. :func:`tfqnet.convert`
 detects a model whose input feeds a PixelEmbedding and builds that graph (see
-:mod:`tfqnet.convert.raw_input`).
+:mod:`tfqnet.export.raw_input`).
 
 Two ways into a model: place the layer yourself, or let
 ``quantize_model(model, pixel_embedding=...)`` replace a float model's input
@@ -31,9 +31,10 @@ import tensorflow as tf
 
 from tfqnet import grid
 from tfqnet._keras import keras
-from tfqnet.quantize.configs import pass_through_config
-from tfqnet.quantize.registry import register_layer_config
-from tfqnet.quantizers.base import register
+from tfqnet.core.config import pass_through_config
+from tfqnet.core.layer_kinds import register_layer_config
+from tfqnet.core.quantizer import register
+from tfqnet.errors import UnsupportedLayerError
 
 #: rows of the table: one per 8-bit pixel value
 TABLE_ROWS = 256
@@ -235,8 +236,6 @@ def add_pixel_embedding(
         input, not feeding one Conv2D, a normalisation that is not per-channel affine).
       ValueError: bad options.
     """
-    from tfqnet.errors import UnsupportedLayerError
-
     embedding = PixelEmbedding(dim=dim, bits=bits, input_dtype=input_dtype)
     functional = keras.Model(model.inputs, model.outputs, name=model.name) if isinstance(
         model, keras.Sequential) else model
@@ -364,8 +363,6 @@ def _pixel_to_normalized(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel ``(a, b)`` with ``normalised = a * pixel + b``, probed through the
     model's normalisation layers (which must be affine and the same at every position)."""
-    from tfqnet.errors import UnsupportedLayerError
-
     try:
         scale = np.broadcast_to(np.asarray(input_scale, np.float64), (channels,))
         offset = np.broadcast_to(np.asarray(input_offset, np.float64), (channels,))

@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from tfqnet._files import write_atomic
-from tfqnet.convert.flatbuffer import FlatbufferModel
 from tfqnet.errors import InvalidModelFileError
+from tfqnet.export.flatbuffer import FlatbufferModel
+from tfqnet.micro.isolated import describe_exit, run_python
 
 _BYTES_PER_LINE = 16
 
@@ -74,8 +75,6 @@ def align_flatbuffer(data: bytes) -> bytes:
     starting the aligner; the aligner itself runs in a child process (see above), and
     its crash or failure raises InvalidModelFileError too.
     """
-    from tfqnet.micro.isolated import describe_exit, run_python
-
     FlatbufferModel.from_bytes(data)
     with tempfile.TemporaryDirectory(prefix="tfqnet-align-") as tmp:
         src, dst = os.path.join(tmp, "in.tflite"), os.path.join(tmp, "out.tflite")

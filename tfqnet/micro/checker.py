@@ -27,12 +27,15 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from tfqnet.convert.compression import DECODE_OP, stored_weight_bytes
-from tfqnet.convert.flatbuffer import FlatbufferModel, Operator, element_count
+from tfqnet.export.compression import stored_weight_bytes
+from tfqnet.export.flatbuffer import FlatbufferModel, Operator, element_count
 from tfqnet.micro.arena import ArenaMeasurement, ArenaProbeError, measure_arena
 from tfqnet.micro.c_arrays import align_flatbuffer
+from tfqnet.micro.isolated import describe_exit, run_python
 from tfqnet.micro.model_file import parse_model
 from tfqnet.micro.op_resolver import UnsupportedOpError, resolver_method
+from tfqnet.micro.runtime import MicroInterpreter
+from tfqnet.tflite_format import DECODE_OP, ELEMENT_BITS, WEIGHTED_OPS
 
 #: Tensor types with no TFLM kernel support (INT2 only as TFLM_DECODE's input).
 UNSUPPORTED_TYPES = frozenset({"FLOAT16", "FLOAT64", "BFLOAT16", "COMPLEX64", "COMPLEX128",
@@ -41,9 +44,6 @@ UNSUPPORTED_TYPES = frozenset({"FLOAT16", "FLOAT64", "BFLOAT16", "COMPLEX64", "C
 KNOWN_ROUNDING_LSB = {"FULLY_CONNECTED": 1}
 DEFAULT_SAMPLES = 64
 DEFAULT_MIN_AGREEMENT = 0.95
-_WEIGHT_OPS = {"CONV_2D": 1, "DEPTHWISE_CONV_2D": 1, "FULLY_CONNECTED": 1, "TRANSPOSE_CONV": 1}
-_BITS = {"INT4": 4, "UINT4": 4, "INT2": 2, "INT8": 8, "UINT8": 8, "INT16": 16, "INT32": 32,
-         "FLOAT32": 32, "FLOAT16": 16}
 
 Progress = Callable[[str], None]
 
@@ -288,8 +288,6 @@ def _native_crash(model: bytes, arena: int) -> str | None:
     import os
     import tempfile
 
-    from tfqnet.micro.isolated import describe_exit, run_python
-
     with tempfile.TemporaryDirectory(prefix="tfqnet-check-") as tmp:
         path = os.path.join(tmp, "model.tflite")
         with open(path, "wb") as handle:
@@ -381,8 +379,8 @@ def load_keras_model(path: str):
     TensorFlow is imported here, not at module import. tfqnet's registered classes are
     also offered under their bare names, which older saves use.
     """
-    import tfqnet
-    from tfqnet._keras import keras
+    import tfqnet  # lazy: loads TensorFlow, which the other checks do without
+    from tfqnet._keras import keras  # lazy: as above
 
     bare = {key.split(">")[-1]: cls for key, cls in keras.utils.get_custom_objects().items()
             if key.startswith("tfqnet>")}
@@ -446,11 +444,11 @@ def layer_resources(graph: FlatbufferModel) -> list[dict]:
         if op.name == DECODE_OP:
             continue
         consts = [graph.tensors[i] for i in op.inputs if i >= 0 and graph.tensors[i].is_constant]
-        if op.name not in _WEIGHT_OPS:  # skip shape/axis operands (RESHAPE, MEAN, ...)
+        if op.name not in WEIGHTED_OPS:  # skip shape/axis operands (RESHAPE, MEAN, ...)
             consts = [t for t in consts if t.type != "INT32"]
         macs = _macs(graph, op)
         weight = None
-        if op.name in _WEIGHT_OPS and len(op.inputs) > 1 and op.inputs[1] >= 0:
+        if op.name in WEIGHTED_OPS and len(op.inputs) > 1 and op.inputs[1] >= 0:
             weight = graph.tensors[op.inputs[1]]
         if weight is not None and weight.index in decoded:
             decode, k = decoded[weight.index]
@@ -468,7 +466,7 @@ def layer_resources(graph: FlatbufferModel) -> list[dict]:
         rows.append(_resource_row(
             graph, op, macs,
             weight.type if weight is not None else None,
-            _BITS.get(weight.type) if weight is not None else None,
+            ELEMENT_BITS.get(weight.type) if weight is not None else None,
             weight.buffer_bytes if weight is not None else 0,
             element_count(weight.shape) if weight is not None else 0,
             sum(t.buffer_bytes for t in consts if t is not weight),
@@ -492,7 +490,7 @@ def _resource_row(graph: FlatbufferModel, op: Operator, macs: int, weight_type: 
 
 
 def _macs(graph: FlatbufferModel, op: Operator) -> int:
-    if op.name not in _WEIGHT_OPS or len(op.inputs) < 2 or not op.outputs:
+    if op.name not in WEIGHTED_OPS or len(op.inputs) < 2 or not op.outputs:
         return 0
     out = graph.tensors[op.outputs[0]].shape
     filt = graph.tensors[op.inputs[1]].shape
@@ -524,8 +522,6 @@ def check_model(model: bytes, data=None, keras_model=None, samples: int = DEFAUL
     can crash on a corrupt model (aligner, TFLM, TFLite) run in child processes first,
     so a crash becomes a failure in the report, never a crash of this process.
     """
-    from tfqnet.micro.runtime import MicroInterpreter
-
     progress = progress or (lambda message: None)
     graph = parse_model(model)
     aligned = align_flatbuffer(model)  # in a child process: the aligner trusts its input

@@ -22,8 +22,8 @@ import stat
 import struct
 from pathlib import Path
 
-from tfqnet.convert.flatbuffer import FlatbufferModel
 from tfqnet.errors import InvalidModelFileError
+from tfqnet.export.flatbuffer import FlatbufferModel
 
 #: Largest model file the micro tools accept. Why 64 MiB: it is several times the
 #: flash of the largest Cortex-M parts (a few MiB internal, 8-32 MiB external QSPI);

@@ -8,7 +8,8 @@ worst, so the list is derived from the flatbuffer itself.
 
 from __future__ import annotations
 
-from tfqnet.convert.flatbuffer import FlatbufferModel
+from tfqnet.export.flatbuffer import FlatbufferModel
+from tfqnet.micro.c_arrays import c_identifier
 
 #: Builtin ops that have a kernel in TFLM's reference kernels (and a
 #: ``MicroMutableOpResolver::Add*`` method). Anything else cannot run on a board.
@@ -66,16 +67,10 @@ def resolver_method(op_name: str) -> str:
     return "Add" + "".join(p.upper() if p[0].isdigit() else p.capitalize() for p in parts)
 
 
-def _identifier(name: str) -> str:
-    from tfqnet.micro.c_arrays import c_identifier  # local: c_arrays imports this module
-
-    return c_identifier(name)
-
-
 def op_resolver_header(model: FlatbufferModel | bytes, name: str) -> str:
     """The text of NAME_op_resolver.h for ``model`` (one Add call per distinct op)."""
     graph = model if isinstance(model, FlatbufferModel) else FlatbufferModel.from_bytes(model)
-    ident = _identifier(name)
+    ident = c_identifier(name)
     methods = [(op, resolver_method(op)) for op in graph.op_names]
     guard = f"{ident.upper()}_OP_RESOLVER_H_"
     lines = [

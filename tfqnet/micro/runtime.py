@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from tflite_micro import runtime as _tflm
 
-from tfqnet.convert.flatbuffer import FlatbufferModel
+from tfqnet.export.flatbuffer import FlatbufferModel
 
 #: Arena used when none is given: generous, because too small an arena can crash the
 #: process inside the runtime (measure the real minimum with tfqnet's arena probe).

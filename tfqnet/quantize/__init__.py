@@ -1,15 +1,5 @@
-"""Model -> QAT model: configs, registry, layout transforms and the TFMOT scheme."""
+"""Model -> QAT model: the TFMOT registry, layout transforms and scheme of tfqnet."""
 
-from tfqnet.quantize.api import load_model, quantize_model, quantize_scope, quantizers_of
-from tfqnet.quantize.methods import QuantizationMethod, get_method, method_names, register_method
+from tfqnet.quantize.api import callbacks, load_model, quantize_model, quantize_scope
 
-__all__ = [
-    "QuantizationMethod",
-    "get_method",
-    "load_model",
-    "method_names",
-    "quantize_model",
-    "quantize_scope",
-    "quantizers_of",
-    "register_method",
-]
+__all__ = ["callbacks", "load_model", "quantize_model", "quantize_scope"]

@@ -9,10 +9,12 @@ import tensorflow_model_optimization as tfmot
 
 from tfqnet import grid
 from tfqnet._keras import keras, require_tf_keras_model
+from tfqnet.core.config import quantizers_of
+from tfqnet.core.layer_kinds import PASS_THROUGH_LAYERS, WEIGHTED_LAYERS
+from tfqnet.core.method import get_method
 from tfqnet.errors import UnsupportedLayerError
-from tfqnet.quantize.configs import LayerQuantizeConfig
-from tfqnet.quantize.methods import get_method
-from tfqnet.quantize.registry import PASS_THROUGH_LAYERS, QuantizeRegistry, unsupported_reason
+from tfqnet.layers import PIXEL_EMBEDDING_OPTIONS, add_pixel_embedding
+from tfqnet.quantize.registry import QuantizeRegistry, unsupported_reason
 from tfqnet.quantize.scheme import QuantizeScheme
 from tfqnet.quantize.transforms import InputQuantizeLayer
 
@@ -32,7 +34,7 @@ def _folded_batch_norms(model: keras.Model) -> set[str]:
             continue
         producer = producers[0]
         if (
-            type(producer) in (L.Conv1D, L.Conv2D, L.DepthwiseConv2D, L.Dense)
+            type(producer) in WEIGHTED_LAYERS
             and keras.activations.serialize(producer.activation) == "linear"
             and len(producer._outbound_nodes) == 1
         ):
@@ -175,8 +177,6 @@ def quantize_model(
 
 
 def _with_pixel_embedding(model: keras.Model, spec: bool | Mapping[str, Any]) -> keras.Model:
-    from tfqnet.layers import PIXEL_EMBEDDING_OPTIONS, add_pixel_embedding
-
     if spec is True:
         spec = {}
     if not isinstance(spec, Mapping):
@@ -243,14 +243,22 @@ def load_model(filepath, compile: bool = True, **kwargs) -> keras.Model:
         return keras.models.load_model(filepath, compile=compile, **kwargs)
 
 
-def quantizers_of(model: keras.Model) -> list:
-    """All tfqnet quantizers in a QAT model (weights, activations, inputs)."""
-    found = []
-    for layer in model.layers:
-        config = getattr(layer, "quantize_config", None)
-        if isinstance(config, LayerQuantizeConfig):
-            found.extend(config.quantizers())
-        quantizer = getattr(layer, "quantizer", None)
-        if quantizer is not None:
-            found.append(quantizer)
+def callbacks(qat_model: keras.Model, epochs: int) -> list[keras.callbacks.Callback]:
+    """Callbacks for ``qat_model.fit(..., epochs=epochs)``.
+
+    Each quantizer type in the model contributes its schedules (temperature annealing,
+    bit-width freezing, regularizer ramps, ...) once, through
+    :meth:`tfqnet.core.Quantizer.callbacks`; the uniform method needs none.
+
+    Under a ``tf.distribute`` strategy Keras runs callbacks once per epoch or batch in
+    cross-replica context (on every worker with MultiWorkerMirroredStrategy, each
+    computing the same value), so a schedule sets its state variables once on every
+    replica. Schedules set absolute values from the epoch index (never ``assign_add``),
+    so they cannot drift between replicas or workers.
+    """
+    if int(epochs) < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs!r}")
+    found: list[keras.callbacks.Callback] = []
+    for quantizer_type in dict.fromkeys(type(q) for q in quantizers_of(qat_model)):
+        found.extend(quantizer_type.callbacks(qat_model, int(epochs)))
     return found

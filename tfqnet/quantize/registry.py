@@ -2,94 +2,33 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import tensorflow_model_optimization as tfmot
 
 from tfqnet import grid
 from tfqnet._keras import keras
-from tfqnet.quantize.configs import LayerQuantizeConfig, pass_through_config
-from tfqnet.quantize.methods import QuantizationMethod
+from tfqnet.core.config import LayerQuantizeConfig, pass_through_config
+from tfqnet.core.layer_kinds import (
+    CUSTOM_LAYER_CONFIGS,
+    FUSED_ACTIVATIONS,
+    OUTPUT_QUANTIZED_LAYERS,
+    PASS_THROUGH_LAYERS,
+    PER_TENSOR_LAYERS,
+    WEIGHTED_LAYERS,
+    activation_name,
+    relu_kind,
+)
+from tfqnet.core.method import QuantizationMethod
 
 L = keras.layers
-
-#: layer type -> (kernel attribute, trailing kernel axes that form an output channel)
-WEIGHTED_LAYERS = {
-    L.Conv1D: ("kernel", 1),
-    L.Conv2D: ("kernel", 1),
-    L.DepthwiseConv2D: ("depthwise_kernel", 2),
-    L.Dense: ("kernel", 1),
-}
-#: kernels quantized per tensor: TFLM's FULLY_CONNECTED has no per-channel INT4 filters,
-#: so Dense kernels are per tensor unless the method's ``per_channel_dense`` keeps them
-#: in int8 containers (tfqnet.grid); a per-channel Conv1D kernel fails in the converter
-#: (its quantized axis cannot follow the [k, in, out] -> [out, 1, k, in] reshape/transpose
-#: to CONV_2D).
-PER_TENSOR_LAYERS = (L.Dense, L.Conv1D)
-#: layers whose output gets its own grid
-OUTPUT_QUANTIZED_LAYERS = (
-    L.Add,
-    L.Concatenate,
-    L.ReLU,
-    L.AveragePooling1D,
-    L.AveragePooling2D,
-    L.GlobalAveragePooling1D,
-    L.GlobalAveragePooling2D,
-)
-#: layers that keep their input's grid (TFLite runs them on the input's scale)
-PASS_THROUGH_LAYERS = (
-    L.InputLayer,
-    L.MaxPooling1D,
-    L.MaxPooling2D,
-    L.GlobalMaxPooling1D,
-    L.GlobalMaxPooling2D,
-    L.Flatten,
-    L.Reshape,
-    L.Dropout,
-    L.ZeroPadding1D,
-    L.ZeroPadding2D,
-    L.Softmax,
-)
-#: activations a weighted layer may fuse: TFLite fuses them into the op's clamp
-FUSED_ACTIVATIONS = ("linear", "relu", "relu6")
-#: layer type -> fn(layer, registry) -> LayerQuantizeConfig, for layers defined outside
-#: this module (e.g. tfqnet.layers.PixelEmbedding); see register_layer_config
-CUSTOM_LAYER_CONFIGS: dict[type, Callable[..., LayerQuantizeConfig]] = {}
-
-
-def register_layer_config(
-    layer_type: type, config_fn: Callable[..., LayerQuantizeConfig]
-) -> None:
-    """Lets ``quantize_model`` accept ``layer_type``: ``config_fn(layer, registry)``
-    returns its QuantizeConfig (a hook, so layer modules need not edit this registry)."""
-    CUSTOM_LAYER_CONFIGS[layer_type] = config_fn
 
 _ACTIVATION_HINT = (
     "tfqnet quantizes linear/relu/relu6 layer activations (fused into the TFLite op); "
     "for softmax put it in a separate `Softmax()` layer or train on logits "
     "(from_logits=True)."
 )
-
-
-def _activation_name(layer: keras.layers.Layer) -> str:
-    return keras.activations.serialize(layer.activation)
-
-
-def _relu_kind(layer: keras.layers.Layer) -> str | None:
-    """'relu' or 'relu6' if the layer is a plain ReLU/ReLU6 layer, else None."""
-    if isinstance(layer, L.ReLU):
-        cfg = layer.get_config()
-        if float(cfg.get("negative_slope") or 0) != 0 or float(cfg.get("threshold") or 0) != 0:
-            return None
-        max_value = cfg.get("max_value")
-        if max_value is None:
-            return "relu"
-        return "relu6" if float(max_value) == 6.0 else None
-    if isinstance(layer, L.Activation):
-        name = _activation_name(layer)
-        return name if name in ("relu", "relu6") else None
-    return None
 
 
 def unsupported_reason(layer: keras.layers.Layer) -> str | None:
@@ -101,17 +40,17 @@ def unsupported_reason(layer: keras.layers.Layer) -> str | None:
         )
     for cls in WEIGHTED_LAYERS:
         if type(layer) is cls:
-            if _activation_name(layer) not in FUSED_ACTIVATIONS:
-                return f"its activation {_activation_name(layer)!r} is not supported. " + (
+            if activation_name(layer) not in FUSED_ACTIVATIONS:
+                return f"its activation {activation_name(layer)!r} is not supported. " + (
                     _ACTIVATION_HINT
                 )
             return None
     if isinstance(layer, L.Activation):
-        if _activation_name(layer) in ("relu", "relu6", "linear", "softmax"):
+        if activation_name(layer) in ("relu", "relu6", "linear", "softmax"):
             return None
-        return f"activation {_activation_name(layer)!r} is not supported. " + _ACTIVATION_HINT
+        return f"activation {activation_name(layer)!r} is not supported. " + _ACTIVATION_HINT
     if isinstance(layer, L.ReLU):
-        return None if _relu_kind(layer) else "only plain ReLU and ReLU6 (max_value=6) fuse"
+        return None if relu_kind(layer) else "only plain ReLU and ReLU6 (max_value=6) fuse"
     if isinstance(layer, L.BatchNormalization):
         return (
             "a BatchNormalization is folded only directly after a Conv1D/Conv2D/"
@@ -124,7 +63,7 @@ def unsupported_reason(layer: keras.layers.Layer) -> str | None:
     if not type(layer).__module__.startswith("tf_keras."):
         return (
             f"{type(layer).__name__} is a custom layer, for which tfqnet has no quantization "
-            "rule; give it one with tfqnet.quantize.registry.register_layer_config("
+            "rule; give it one with tfqnet.core.layer_kinds.register_layer_config("
             f"{type(layer).__name__}, config_fn) (see tfqnet.layers.PixelEmbedding)"
         )
     return f"tfqnet has no quantization rule for {type(layer).__name__} layers"
@@ -205,6 +144,6 @@ class QuantizeRegistry(tfmot.quantization.keras.QuantizeRegistry):
                 activation_quantizer=activation,
                 quantize_activation=own_grid,
             )
-        if layer_type in OUTPUT_QUANTIZED_LAYERS or _relu_kind(layer):
+        if layer_type in OUTPUT_QUANTIZED_LAYERS or relu_kind(layer):
             return LayerQuantizeConfig(activation_quantizer=activation, quantize_output=own_grid)
         return pass_through_config()

@@ -29,9 +29,10 @@ from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer
 )
 
 from tfqnet._keras import keras
-from tfqnet.quantize.methods import QuantizationMethod
-from tfqnet.quantize.registry import QuantizeRegistry, _relu_kind
-from tfqnet.quantizers.base import register
+from tfqnet.core.layer_kinds import relu_kind
+from tfqnet.core.method import QuantizationMethod
+from tfqnet.core.quantizer import register
+from tfqnet.quantize.registry import QuantizeRegistry
 
 LayerNode = transforms.LayerNode
 LayerPattern = transforms.LayerPattern
@@ -104,7 +105,7 @@ class ReLUOutputGrid(transforms.Transform):
 
     def replacement(self, match_layer):
         producer = match_layer.input_layers[0]
-        if _relu_kind(keras.layers.deserialize(match_layer.layer)) is None:
+        if relu_kind(keras.layers.deserialize(match_layer.layer)) is None:
             return match_layer
         if producer.layer["config"].get("activation", "linear") != "linear":
             return match_layer

@@ -53,31 +53,15 @@ import tensorflow as tf
 
 from tfqnet import grid
 from tfqnet._keras import keras
-from tfqnet.quantize.methods import QuantizationMethod, register_method
-from tfqnet.quantizers.base import Quantizer, register
-from tfqnet.quantizers.uniform import (
-    UniformActivationQuantizer,
-    UniformWeightQuantizer,
-    _channels_last,
-)
+from tfqnet.core.config import quantizer_states, quantizers_of
+from tfqnet.core.method import QuantizationMethod, register_method
+from tfqnet.core.quantizer import Quantizer, register
+from tfqnet.quantizers.kernel_views import as_channels, channel_view
+from tfqnet.quantizers.uniform import UniformActivationQuantizer, UniformWeightQuantizer
 
 TERNARY_BITS = 2
 TWN_DELTA = 0.7
 _MIN_ALPHA = 1e-8
-_RAMP_SUFFIX = "_crq_ramp"
-_HARD_SUFFIX = "_crq_hard"
-
-
-def _as_channels(w: tf.Tensor, per_axis: bool, channel_dims: int) -> tf.Tensor:
-    """``w`` as [N, C]: C output channels when ``per_axis``, else one column."""
-    return _channels_last(w, channel_dims) if per_axis else tf.reshape(w, [-1, 1])
-
-
-def _channel_view(w: tf.Tensor, channel_dims: int) -> tf.Tensor:
-    """``w`` with its last ``channel_dims`` axes merged into one last axis, rank kept."""
-    shape = w.shape
-    channels = math.prod(shape[-channel_dims:])
-    return tf.reshape(w, [*shape[:-channel_dims], *([1] * (channel_dims - 1)), channels])
 
 
 def twn_alpha(w: tf.Tensor, per_axis: bool = False, channel_dims: int = 1) -> tf.Tensor:
@@ -85,7 +69,7 @@ def twn_alpha(w: tf.Tensor, per_axis: bool = False, channel_dims: int = 1) -> tf
 
     Returns a vector of C channels when ``per_axis``, else a scalar (no gradient).
     """
-    absw = tf.abs(tf.stop_gradient(_as_channels(w, per_axis, channel_dims)))
+    absw = tf.abs(tf.stop_gradient(as_channels(w, per_axis, channel_dims)))
     delta = TWN_DELTA * tf.reduce_mean(absw, axis=0)
     above = tf.cast(absw > delta, absw.dtype)
     alpha = tf.reduce_sum(absw * above, axis=0) / tf.maximum(tf.reduce_sum(above, axis=0), 1.0)
@@ -122,7 +106,7 @@ class ClusterRegularizer(keras.regularizers.Regularizer):
 
     def distance(self, w: tf.Tensor) -> tf.Tensor:
         """``w - t(w)``: each weight's offset from its nearest target, shaped [N, C]."""
-        flat = _as_channels(w, self.per_axis, self.channel_dims)
+        flat = as_channels(w, self.per_axis, self.channel_dims)
         alpha = twn_alpha(w, self.per_axis, self.channel_dims)
         return flat - ternary_codes(flat, alpha) * alpha
 
@@ -177,8 +161,8 @@ class CRQWeightQuantizer(Quantizer):
         shape = (math.prod(tensor_shape[-self.channel_dims :]),) if self.per_axis else ()
         state = {
             "alpha": self.add_state(layer, name + "_crq_alpha", shape, "ones"),
-            "ramp": self.add_state(layer, name + _RAMP_SUFFIX),
-            "hard": self.add_state(layer, name + _HARD_SUFFIX),
+            "ramp": self.add_state(layer, name + "_crq_ramp"),
+            "hard": self.add_state(layer, name + "_crq_hard"),
             "initialized": self.add_initialized_flag(layer, name),
         }
         kernel = getattr(getattr(layer, "layer", None), name, None)
@@ -196,7 +180,7 @@ class CRQWeightQuantizer(Quantizer):
         # FakeQuant on a 2-D [N, C] view the converter keeps a RESHAPE of a per-channel
         # tensor whose quantized axis it cannot move (a conversion error).
         per_channel = self.per_axis and self.channel_dims > 1
-        flat = _channel_view(inputs, self.channel_dims) if per_channel else inputs
+        flat = channel_view(inputs, self.channel_dims) if per_channel else inputs
         if training:
             alpha = twn_alpha(inputs, self.per_axis, self.channel_dims)
             update = [weights["alpha"].assign(alpha), weights["initialized"].assign(1.0)]
@@ -211,8 +195,6 @@ class CRQWeightQuantizer(Quantizer):
 
     @classmethod
     def callbacks(cls, model: keras.Model, epochs: int) -> list[keras.callbacks.Callback]:
-        from tfqnet.quantize.api import quantizers_of
-
         fractions = {q.hard_fraction for q in quantizers_of(model) if isinstance(q, cls)}
         return [CRQSchedule(epochs, hard_fraction=max(fractions, default=0.25))]
 
@@ -268,8 +250,9 @@ class CRQSchedule(keras.callbacks.Callback):
         self.span = soft_span(self.epochs, hard_fraction)
         self._epoch = 0
 
-    def _variables(self, suffix: str) -> list[tf.Variable]:
-        return [v for v in self.model.variables if v.name.endswith(suffix + ":0")]
+    def _variables(self, key: str) -> list[tf.Variable]:
+        return [state[key] for quantizer, state in quantizer_states(self.model)
+                if isinstance(quantizer, CRQWeightQuantizer)]
 
     def values_at(self, t: float) -> tuple[float, float]:
         """``(ramp, hard)`` at training time ``t`` epochs."""
@@ -284,9 +267,9 @@ class CRQSchedule(keras.callbacks.Callback):
         steps = (self.params or {}).get("steps") or 0
         t = self._epoch + (batch / steps if steps else 0.0)
         ramp, hard = self.values_at(t)
-        for v in self._variables(_RAMP_SUFFIX):
+        for v in self._variables("ramp"):
             v.assign(ramp)
-        for v in self._variables(_HARD_SUFFIX):
+        for v in self._variables("hard"):
             v.assign(hard)
 
 

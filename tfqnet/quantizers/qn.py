@@ -108,9 +108,11 @@ import tensorflow as tf
 
 from tfqnet import grid
 from tfqnet._keras import keras
-from tfqnet.quantize.methods import QuantizationMethod, register_method
-from tfqnet.quantizers.base import BatchStatistics, Quantizer, register
-from tfqnet.quantizers.uniform import _channels_last
+from tfqnet.core.config import quantizer_states, quantizers_of
+from tfqnet.core.layer_kinds import weighted_layer_names
+from tfqnet.core.method import QuantizationMethod, register_method
+from tfqnet.core.quantizer import BatchStatistics, Quantizer, register
+from tfqnet.quantizers.kernel_views import as_channels, channels_last
 
 _MIN = 1e-8
 #: level sets of the paper, by name (integers: every level is an integer multiple of alpha)
@@ -200,7 +202,7 @@ def soft_staircase(
     form: autodiff of the masked broadcast form took 8.7 ms on a [64, 8, 8, 32] 8-bit
     activation (forward + backward, 17-term window, 2 cores), this 3.3 ms. Why not a
     ``tf.add_n`` of per-threshold terms (3.7 ms): TensorFlow's CPU AddN sums in an
-    order that depends on thread timing (:func:`tfqnet.quantizers.base.ordered_sum`);
+    order that depends on thread timing (:func:`tfqnet.core.quantizer.ordered_sum`);
     the reduction sums in index order, so seeded runs repeat bit for bit. In a
     ``tf.function`` the threshold and temperature gradients are pruned when nothing
     asks for them (frozen thresholds).
@@ -379,7 +381,7 @@ def _check_schedule(step: float, cap: float, hard_fraction: float) -> tuple[floa
 class _QNQuantizer(Quantizer):
     """Shared parts: the temperature variable and its schedule."""
 
-    #: suffix of this quantizer type's temperature variables (the callback finds them)
+    #: name suffix of this quantizer type's temperature variables (saved models keep it)
     temperature_name: str = "qn_temperature"
     #: suffix of its hard-phase flags (0: soft forward, 1: hard forward)
     hard_name: str = "qn_hard"
@@ -412,8 +414,6 @@ class _QNQuantizer(Quantizer):
 
     @classmethod
     def callbacks(cls, model: keras.Model, epochs: int) -> list[keras.callbacks.Callback]:
-        from tfqnet.quantize.api import quantizers_of  # api imports the methods
-
         schedules = {
             (q.temperature_step, q.max_temperature, q.hard_fraction)
             for q in quantizers_of(model)
@@ -421,8 +421,9 @@ class _QNQuantizer(Quantizer):
         }
         if len(schedules) > 1:
             raise ValueError(f"{cls.__name__}s of one model disagree on the schedule: {schedules}")
-        temperatures = [v for v in model.variables if v.name.endswith(f"_{cls.temperature_name}:0")]
-        flags = [v for v in model.variables if v.name.endswith(f"_{cls.hard_name}:0")]
+        states = [state for q, state in quantizer_states(model) if type(q) is cls]
+        temperatures = [state["temperature"] for state in states]
+        flags = [state["hard"] for state in states]
         if not schedules or not temperatures:
             return []
         step, cap, hard_fraction = schedules.pop()
@@ -569,13 +570,9 @@ class QNWeightQuantizer(_QNQuantizer):
 
     def __call__(self, inputs, training, weights, **kwargs):
         reshape = self.per_axis and self.channel_dims > 1
-        w = _channels_last(inputs, self.channel_dims) if reshape else inputs
+        w = channels_last(inputs, self.channel_dims) if reshape else inputs
         # [weights per step size, step sizes]: the statistics of the initialisation
-        flat = (
-            _channels_last(inputs, self.channel_dims)
-            if self.per_axis
-            else (tf.reshape(inputs, [-1, 1]))
-        )
+        flat = as_channels(inputs, self.per_axis, self.channel_dims)
         state = self.initialize_once(
             weights,
             ["log_alpha", "log_beta", "thresholds"],
@@ -753,9 +750,7 @@ def first_last_overrides(model: keras.Model, bits: int = 8) -> dict[str, dict[st
 
     ``quantize_model(m, "qn", 2, 8, overrides=first_last_overrides(m))``.
     """
-    from tfqnet.quantize.registry import WEIGHTED_LAYERS
-
-    weighted = [layer.name for layer in model.layers if type(layer) in WEIGHTED_LAYERS]
+    weighted = weighted_layer_names(model)
     if not weighted:
         return {}
     ends = dict.fromkeys([weighted[0], weighted[-1]])

@@ -94,7 +94,7 @@ all bits kept, ~1% chance each gate samples 0). The costs, added as a model loss
   ``compress=True`` when the widths fit the budget only compressed
   (:meth:`SRQWeightQuantizer.prepare_export`; with no kernel counted as compressed,
   convert without it: ``compress`` refuses a model it cannot shrink). The weight bytes
-  of the result (:func:`tfqnet.convert.compression.stored_weight_bytes`) are then at
+  of the result (:func:`tfqnet.export.compression.stored_weight_bytes`) are then at
   most the report's, as long as the overhead bound holds (``compress`` measures the
   file and leaves a filter uncompressed if it does not shrink it; the bound has margin
   on the digits CNN, where the tests check the flatbuffer against the budget).
@@ -106,7 +106,7 @@ all bits kept, ~1% chance each gate samples 0). The costs, added as a model loss
   3-bit Dense kernel loses less with a scale per channel. Measured on digits (bench_srq
   schedule, widths 8/8/3/8 frozen from the start, 3 seeds, QAT accuracy): 98.89% with
   a per-tensor fc1, 99.04% per channel (uniform all-4-bit: 99.04%). The converter cannot
-  take per-channel Dense kernels; :mod:`tfqnet.convert.per_channel_dense` writes their
+  take per-channel Dense kernels; :mod:`tfqnet.export.per_channel_dense` writes their
   scales into the flatbuffer.
 
 A budget below the all-2-bit model (all-INT4 bytes, less with compressed storage)
@@ -185,18 +185,22 @@ import tensorflow as tf
 
 from tfqnet import grid
 from tfqnet._keras import keras
-from tfqnet.quantize.methods import QuantizationMethod, register_method
-from tfqnet.quantizers.base import Quantizer, ordered_sum, register
+from tfqnet.core.config import LayerQuantizeConfig, quantizers_of
+from tfqnet.core.layer_kinds import WEIGHTED_LAYERS
+from tfqnet.core.method import QuantizationMethod, register_method
+from tfqnet.core.quantizer import Quantizer, ordered_sum, register
+from tfqnet.errors import ConversionError
+from tfqnet.quantizers.kernel_views import channels_last
 from tfqnet.quantizers.qn import soft_uniform_staircase
-from tfqnet.quantizers.uniform import (
-    UniformActivationQuantizer,
-    UniformWeightQuantizer,
-    _channels_last,
+from tfqnet.quantizers.uniform import UniformActivationQuantizer, UniformWeightQuantizer
+from tfqnet.tflite_format import (
+    STORAGES,
+    kernel_bytes,
+    storage_form,
+    weight_container_bits,
 )
 
 MIN_BITS = 2
-#: the container boundary: widths above this are stored in int8, at or below in INT4
-INT4_MAX_BITS = 4
 #: midpoints evaluated each side of x in the relaxed expectation
 WINDOW = 2
 SIGMA_RATIO_INIT = 1.0 / 3.0
@@ -212,18 +216,6 @@ GATE_SPEED = 100.0
 BUDGET_PENALTY = 1.0
 FREEZE_FRACTION = 0.5
 BYTES_PER_KB = 1024
-#: ``storage`` options: kernels in their INT4/int8 containers, or TFLM-compressed
-STORAGES = ("int4", "compressed")
-#: Bound on the bytes a TFLM-compressed filter adds to the flatbuffer besides its indices,
-#: header and tables: the decoded tensor (with a copy of the quantization parameters: a
-#: float32 scale and an int64 zero point per channel), the ancillary tensor, their
-#: buffers and the TFLM_DECODE operator. ``compress`` keeps a filter only if the file
-#: shrinks, so SRQ counts a kernel as compressed only when the saving beats this bound.
-#: Measured on the digits CNN: 153-177 bytes per tensor, 364-378 with 16 channels,
-#: 552-560 with 32 for one filter alone, up to ~190 more when a second filter is
-#: compressed too (flatbuffer alignment); the bound has room for both and longer names.
-DECODE_OVERHEAD_BYTES = 384
-DECODE_OVERHEAD_PER_TABLE = 16
 
 
 # --- the semi-relaxed quantizer ------------------------------------------------------------
@@ -298,50 +290,6 @@ def _check_probability(value: float, what: str) -> float:
     if not 0.0 <= float(value) < 1.0:
         raise ValueError(f"{what} must be in [0, 1), got {value!r}.")
     return float(value)
-
-
-def container_bits(width: int, per_channel_dense: bool = False) -> int:
-    """The container bits of a weight width: 4 (packed INT4) or 8 (int8; always for a
-    per-channel Dense kernel, :func:`tfqnet.grid.weight_storage_bits`)."""
-    return grid.weight_storage_bits(width, per_channel_dense)
-
-
-def storage_form(size: int, width: int, storage: str = "int4", tables: int = 1,
-                 per_channel_dense: bool = False) -> tuple[str, int]:
-    """How a kernel of ``size`` weights at ``width`` bits is stored, and its weight bytes.
-
-    ``"int4"`` storage (plain :func:`tfqnet.convert`): its container, ``ceil(size * c /
-    8)`` bytes with ``c`` = 4 (packed INT4) for ``width <= 4``, else 8 (int8; always 8
-    for a ``per_channel_dense`` kernel).
-    ``"compressed"`` storage (``tfqnet.convert(..., compress=True)``, TFLM only): the
-    ``width``-bit lookup-table indices, decode header and ``tables`` tables of
-    ``2**width - 1`` entries (every code of the narrow-range grid;
-    :func:`tfqnet.convert.compression.lut_weight_bytes`) when those plus
-    ``DECODE_OVERHEAD_BYTES + DECODE_OVERHEAD_PER_TABLE * tables`` (a bound on what a
-    compressed filter adds to the file besides them) are fewer than the container
-    bytes: then the compression shrinks the file, so ``compress`` stores the kernel so
-    (a kernel using fewer codes only gets smaller). Else the container.
-    """
-    bits = container_bits(width, per_channel_dense)
-    packed = (size * bits + 7) // 8
-    container = "INT4" if bits == INT4_MAX_BITS else "int8"
-    if storage == "int4":
-        return container, packed
-    from tfqnet.convert.compression import MAX_INDEX_BITS, lut_weight_bytes  # tflite_micro
-
-    if width > MAX_INDEX_BITS:
-        return container, packed
-    lut = lut_weight_bytes(size, width, tables, 2 * grid.weight_qmax(width) + 1)
-    overhead = DECODE_OVERHEAD_BYTES + DECODE_OVERHEAD_PER_TABLE * tables
-    return (f"{width}-bit LUT", lut) if lut + overhead < packed else (container, packed)
-
-
-def kernel_bytes(size: int, width: int, storage: str = "int4", tables: int = 1,
-                 per_channel_dense: bool = False) -> int:
-    """Weight bytes of a kernel of ``size`` weights stored at ``width`` bits
-    (:func:`storage_form`; ``tables``: its value tables, one per output channel when
-    the kernel is quantized per channel)."""
-    return storage_form(size, width, storage, tables, per_channel_dense)[1]
 
 
 # --- quantizers ---------------------------------------------------------------------------
@@ -482,7 +430,8 @@ class SRQWeightQuantizer(_SRQQuantizer):
         when the graph is traced; int8 (the configured width's) while not frozen, which
         holds every width exactly."""
         frozen = self.frozen_width()
-        return container_bits(self.bits if frozen is None else frozen, self.per_channel_dense)
+        return weight_container_bits(
+            self.bits if frozen is None else frozen, self.per_channel_dense)
 
     def expected_bits(self) -> tf.Tensor:
         """``E[b] = 2 + sum_b prod_{j<=b} P(g_j > 0)`` (learned widths only; the width
@@ -539,7 +488,7 @@ class SRQWeightQuantizer(_SRQQuantizer):
         )
         state = dict(weights, log_alpha=state["log_alpha"])
         per_channel = self.per_axis and self.channel_dims > 1
-        x = _channels_last(inputs, self.channel_dims) if per_channel else inputs
+        x = channels_last(inputs, self.channel_dims) if per_channel else inputs
         step = tf.exp(state["log_alpha"])
         if training:
             ratio = self._sigma_ratio(state["log_sigma"])
@@ -599,8 +548,6 @@ class SRQWeightQuantizer(_SRQQuantizer):
         ``compress=True``: ``compress=False`` (or an index width, which does not follow
         the learned widths) is refused with :class:`~tfqnet.errors.ConversionError`.
         """
-        from tfqnet.errors import ConversionError
-
         learned = _learned(model)
         loose = [q for q in learned if q.frozen_width() is None]
         if loose:
@@ -693,8 +640,6 @@ class SRQActivationQuantizer(_SRQQuantizer):
 
 
 def _srq_weight_quantizers(model: keras.Model) -> list[SRQWeightQuantizer]:
-    from tfqnet.quantize.api import quantizers_of  # api imports the methods
-
     return [q for q in quantizers_of(model) if isinstance(q, SRQWeightQuantizer)]
 
 
@@ -934,12 +879,9 @@ def bit_width_report(model: keras.Model) -> BitWidthReport:
     ``tfqnet.FlatbufferModel.from_bytes(tfqnet.convert(model, x)).weight_bytes()``.
     SRQ kernels with ``storage="compressed"`` count as :func:`storage_form` stores them
     (lookup-table indices where that shrinks the file): an upper bound of
-    ``tfqnet.convert.compression.stored_weight_bytes(tfqnet.convert(model, x,
+    ``tfqnet.export.compression.stored_weight_bytes(tfqnet.convert(model, x,
     compress=True))``, equal when every table holds all codes of its width.
     """
-    from tfqnet.quantize.configs import LayerQuantizeConfig
-    from tfqnet.quantize.registry import WEIGHTED_LAYERS
-
     rows = []
     targets = set()
     for layer in model.layers:

@@ -16,16 +16,11 @@ import math
 import tensorflow as tf
 
 from tfqnet import grid
-from tfqnet.quantize.methods import QuantizationMethod, register_method
-from tfqnet.quantizers.base import BatchStatistics, Quantizer, register
+from tfqnet.core.method import QuantizationMethod, register_method
+from tfqnet.core.quantizer import BatchStatistics, Quantizer, register
+from tfqnet.quantizers.kernel_views import as_channels, channels_last
 
 _MIN_SCALE = 1e-8
-
-
-def _channels_last(x: tf.Tensor, channel_dims: int) -> tf.Tensor:
-    """Views a kernel as [N, channels], channels being its ``channel_dims`` last axes."""
-    channels = math.prod(x.shape[-channel_dims:])
-    return tf.reshape(x, [-1, channels])
 
 
 @register
@@ -58,8 +53,7 @@ class UniformWeightQuantizer(Quantizer):
 
     def initial_scale(self, w: tf.Tensor) -> tf.Tensor:
         qmax = grid.weight_qmax(self.bits)
-        flat = _channels_last(w, self.channel_dims) if self.per_axis else tf.reshape(w, [-1, 1])
-        absw = tf.abs(flat)
+        absw = tf.abs(as_channels(w, self.per_axis, self.channel_dims))
         by_range = tf.reduce_max(absw, axis=0) / qmax
         by_lsq = 2.0 * tf.reduce_mean(absw, axis=0) / math.sqrt(qmax)
         scale = tf.maximum(tf.minimum(by_range, by_lsq), _MIN_SCALE)
@@ -73,7 +67,7 @@ class UniformWeightQuantizer(Quantizer):
         log_scale = state["log_scale"]
         # Per-channel scales broadcast over a [N, channels] view of the kernel.
         per_channel = self.per_axis and self.channel_dims > 1
-        x = _channels_last(inputs, self.channel_dims) if per_channel else inputs
+        x = channels_last(inputs, self.channel_dims) if per_channel else inputs
         if training:
             n = x.shape.num_elements() / (log_scale.shape.num_elements() or 1)
             grad = 1.0 / math.sqrt(n * grid.weight_qmax(self.bits))

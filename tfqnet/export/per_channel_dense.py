@@ -5,8 +5,8 @@ per-output-channel FakeQuant before that transpose ("'tfl.transpose' op has mism
 quantized axes"), although TFLM's FULLY_CONNECTED computes per-channel int8 filters
 exactly (one requantization multiplier per output channel, as CONV_2D).
 :func:`tfqnet.convert` therefore traces such a kernel as its integer codes on one
-per-tensor step, the smallest channel scale (:func:`tfqnet.grid.per_channel_dense_export`),
-and :func:`restore_channel_scales` then gives the tensor its trained scales:
+per-tensor step, the smallest channel scale (:func:`per_channel_dense_export`), and
+:func:`restore_channel_scales` then gives the tensor its trained scales:
 
 * the filter keeps its int8 codes and gets ``scales[c]`` on axis 0;
 * the int32 bias, stored on the step ``s_in * step``, is requantized onto the
@@ -20,16 +20,62 @@ matches when its shape, its codes and its traced step are those of the kernel.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 import numpy as np
+import tensorflow as tf
 from tflite_micro.tensorflow.lite.micro.compression import model_editor
 from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
 
+from tfqnet import grid
 from tfqnet.errors import ConversionError
-from tfqnet.grid import ChannelScaledKernel
 
 _INT32 = np.iinfo(np.int32)
+
+
+class ChannelScaledKernel(NamedTuple):
+    """A per-channel Dense kernel as the converter cannot take it: ``codes`` [in, out]
+    (int8) and one ``scales`` entry per output channel (float32)."""
+
+    codes: np.ndarray
+    scales: np.ndarray
+
+
+class _PerTensorTrace:
+    """The :class:`tfqnet.grid.ExportMode` of :func:`per_channel_dense_export`."""
+
+    def __init__(self) -> None:
+        self.kernels: list[ChannelScaledKernel] = []
+
+    def per_channel_dense_kernel(
+        self, values: tf.Tensor, scale: tf.Tensor, storage_bits: int
+    ) -> tf.Tensor:
+        codes = tf.round(values / scale)
+        step = tf.reduce_min(scale)
+        if tf.executing_eagerly():
+            self.kernels.append(ChannelScaledKernel(
+                codes.numpy().astype(np.int8), scale.numpy().astype(np.float32)))
+        limit = grid.weight_qmax(storage_bits) * step
+        return tf.quantization.fake_quant_with_min_max_vars(
+            codes * step, -limit, limit, num_bits=storage_bits, narrow_range=True
+        )
+
+
+@contextlib.contextmanager
+def per_channel_dense_export() -> Iterator[list[ChannelScaledKernel]]:
+    """While active, :func:`tfqnet.grid.weight_fake_quant` emits each per-channel Dense
+    kernel as its integer codes on one per-tensor grid (step: the smallest channel
+    scale), which the converter takes, and records, when run eagerly, the codes and the
+    channel scales into the yielded list, for :func:`restore_channel_scales`.
+
+    Outside this context the kernel keeps its per-channel FakeQuant, so the QAT model
+    computes the deployed values.
+    """
+    trace = _PerTensorTrace()
+    with grid.export_mode(trace):
+        yield trace.kernels
 
 
 def _scales(tensor: model_editor.Tensor) -> np.ndarray:

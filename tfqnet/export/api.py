@@ -1,21 +1,26 @@
-"""``tfqnet.convert``: a trained QAT model to a full-integer TFLite flatbuffer."""
+"""``tfqnet.convert``: a trained QAT model to a full-integer TFLite flatbuffer.
+
+The steps every conversion takes, in order: check the model and the data, let each
+quantizer type prepare the export, trace and convert (the plain TFLite target,
+:mod:`tfqnet.export.tflite`, with the raw-pixel input and per-channel Dense kernels
+handled around it), then, with ``compress``, the TFLM-compressed target
+(:mod:`tfqnet.export.compression`).
+"""
 
 from __future__ import annotations
 
-import logging
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
 
-from tfqnet import grid
 from tfqnet._keras import keras, require_tf_keras_model
-from tfqnet.convert.flatbuffer import FlatbufferModel
-from tfqnet.convert.per_channel_dense import restore_channel_scales
+from tfqnet.core.config import quantizer_states, quantizers_of
 from tfqnet.errors import ConversionError
+from tfqnet.export import compression, raw_input, tflite
+from tfqnet.export.per_channel_dense import per_channel_dense_export, restore_channel_scales
+from tfqnet.layers import dtype_name
 
-IO_TYPES = {"int8": tf.int8, "uint8": tf.uint8, "float32": tf.float32}
 MAX_REPRESENTATIVE_SAMPLES = 200
 
 
@@ -60,9 +65,9 @@ def _as_input_list(model: keras.Model, data) -> list[np.ndarray]:
 def _check_initialized(model: keras.Model) -> None:
     # .numpy(): a MirroredVariable (model built in a tf.distribute scope) has no __float__
     pending = [
-        v.name
-        for v in model.variables
-        if v.name.endswith("_initialized:0") and float(v.numpy()) < 0.5
+        state["initialized"].name
+        for _, state in quantizer_states(model)
+        if "initialized" in state and float(state["initialized"].numpy()) < 0.5
     ]
     if pending:
         raise ConversionError(
@@ -77,49 +82,11 @@ def _prepare_export(model: keras.Model, compress: bool | int) -> None:
     one, before the converter traces the model: static choices made from variables (SRQ's
     learned bit-widths pick the INT4 or int8 container) are refreshed from the trained
     state, and a hook can refuse a storage its budget was not computed for."""
-    from tfqnet.quantize.api import quantizers_of
 
     for quantizer_type in dict.fromkeys(type(q) for q in quantizers_of(model)):
         hook = getattr(quantizer_type, "prepare_export", None)
         if hook is not None:
             hook(model, compress=compress)
-
-
-def _run_converter(
-    keras_model: keras.Model,
-    samples: list[np.ndarray],
-    input_type: str,
-    output_type: str,
-    raw_pixels: bool,
-) -> bytes:
-    # With several inputs the converter orders its input tensors its own way (not as
-    # model.inputs; a list then feeds the wrong tensors and calibration fails with a
-    # shape error): samples keyed by input name reach the right tensor.
-    input_names = list(keras_model.input_names)
-
-    def representative() -> Iterator[list[np.ndarray] | dict[str, np.ndarray]]:
-        for i in range(samples[0].shape[0]):
-            batch = [s[i : i + 1] for s in samples]
-            yield dict(zip(input_names, batch, strict=True)) if len(batch) > 1 else batch
-
-    converter = tf.lite.TFLiteConverter.from_keras_model(keras_model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = representative
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.int8 if raw_pixels else IO_TYPES[input_type]
-    converter.inference_output_type = IO_TYPES[output_type]
-    absl_level = logging.getLogger("absl").level
-    logging.getLogger("absl").setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            # The input's range comes from the QAT model's input quantizer, not from
-            # statistics; the converter warns about the latter needlessly.
-            warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
-            return converter.convert()
-    except Exception as error:
-        raise ConversionError(f"the TFLite converter failed: {error}") from error
-    finally:
-        logging.getLogger("absl").setLevel(absl_level)
 
 
 def convert(
@@ -133,7 +100,7 @@ def convert(
 
     Weights are stored exactly as trained: kernels of <= 4 bits as packed INT4, the
     rest int8 (Dense kernels quantized per channel always int8, their channel scales
-    written in by :mod:`tfqnet.convert.per_channel_dense`); activations in int8 tensors
+    written in by :mod:`tfqnet.export.per_channel_dense`); activations in int8 tensors
     on their trained grids. The
     ``representative_data`` (float inputs as the Keras model takes them, at most
     200 samples used) lets the converter quantize any layer that was skipped during
@@ -144,27 +111,25 @@ def convert(
     ``quantize_model(..., pixel_embedding=...)``) takes raw pixels: its flatbuffer
     input is the raw image, ``input_type`` "uint8" or "int8" (``pixel - 128``; default:
     the embedding's ``input_dtype``), and ``representative_data`` holds pixels as
-    the Keras model takes them (see :mod:`tfqnet.convert.raw_input`).
+    the Keras model takes them (see :mod:`tfqnet.export.raw_input`).
 
     ``compress``: True (or an index width 1..7) stores filters with few distinct values
     as bit-packed lookup-table indices (2 bits for ternary weights) via
-    :func:`tfqnet.convert.compression.compress`. **Such a model runs on TFLM only**
+    :func:`tfqnet.export.compression.compress`. **Such a model runs on TFLM only**
     (TFLM_DECODE op); TFLite's interpreter cannot run it.
 
     Raises :class:`~tfqnet.errors.ConversionError` if a float operator or float weight
     remains (other than float model I/O when requested).
     """
     require_tf_keras_model(qat_model, "qat_model")
-    from tfqnet.convert import raw_input  # it imports this module
-    from tfqnet.layers import dtype_name
 
     raw_pixels = raw_input.takes_raw_pixels(qat_model)
     if input_type is None:
         input_type = raw_input.default_input_type(qat_model) if raw_pixels else "int8"
     input_type, output_type = dtype_name(input_type), dtype_name(output_type)
     for name, value in (("input_type", input_type), ("output_type", output_type)):
-        if value not in IO_TYPES:
-            raise ValueError(f"{name} must be one of {sorted(IO_TYPES)}, got {value!r}.")
+        if value not in tflite.IO_TYPES:
+            raise ValueError(f"{name} must be one of {sorted(tflite.IO_TYPES)}, got {value!r}.")
     samples = _as_input_list(qat_model, representative_data)
     _check_initialized(qat_model)
     _prepare_export(qat_model, compress)
@@ -174,30 +139,15 @@ def convert(
 
     # Per-channel Dense kernels go through the converter per tensor; one eager call
     # records their codes and channel scales for restore_channel_scales.
-    with grid.per_channel_dense_export() as dense_kernels:
+    with per_channel_dense_export() as dense_kernels:
         keras_model([tf.constant(s[:1]) for s in samples], training=False)
-        flatbuffer = _run_converter(keras_model, samples, input_type, output_type, raw_pixels)
+        flatbuffer = tflite.convert_keras(keras_model, samples, input_type, output_type,
+                                          raw_pixels)
     flatbuffer = restore_channel_scales(flatbuffer, dense_kernels)
     if raw_pixels and input_type == "uint8":
         flatbuffer = raw_input.prepend_uint8_input(flatbuffer)
 
-    model = FlatbufferModel.from_bytes(flatbuffer)
-    allowed = set()
-    if input_type == "float32":
-        allowed.update(model.inputs)
-    if output_type == "float32":
-        allowed.update(model.outputs)
-    floats = [t for t in model.float_tensors() if t.index not in allowed]
-    if floats:
-        users = sorted(
-            {op.name for op in model.operators for t in floats if t.index in op.inputs + op.outputs}
-        )
-        raise ConversionError(
-            f"the converted model still computes in float: tensor {floats[0].name!r} "
-            f"({floats[0].type}) and {len(floats) - 1} more, used by {users}."
-        )
+    tflite.check_integer_only(flatbuffer, input_type, output_type)
     if compress:
-        from tfqnet.convert.compression import compress as compress_weights
-
-        return compress_weights(flatbuffer, bits=None if compress is True else int(compress))
+        return compression.compress(flatbuffer, bits=None if compress is True else int(compress))
     return bytes(flatbuffer)

@@ -91,15 +91,9 @@ def _global_statistics(local: tf.Tensor) -> BatchStatistics:
 def ordered_sum(tensors: Sequence[tf.Tensor]) -> tf.Tensor:
     """``tensors[0] + tensors[1] + ...`` (same shapes), summed in the same order every run.
 
-    Not ``tf.add_n``: TensorFlow's CPU AddN accumulates into an input buffer it may
-    take over, and moves that input to the front of the sum, so with three or more
-    inputs the summation order depends on which producer's other consumers had
-    finished (thread timing). Seeded QAT runs then differed in the last bits of
-    gradients now and then, with op determinism on, with or without oneDNN (measured
-    on 2 cores with other training processes running: about 1 in 7 seeded QN reruns
-    differed; none of 30 QN and SRQ reruns once their sums stopped using AddN). A chain of
-    binary adds would not do either: Grappler's arithmetic optimizer folds it into an
-    AddN. A reduction over a stacked axis sums every element in index order.
+    Not ``tf.add_n``, whose CPU kernel orders its inputs by thread timing (seeded runs
+    then differ in the last bits), and not a chain of binary adds, which Grappler folds
+    into an AddN: a reduction over a stacked axis sums in index order.
     """
     tensors = list(tensors)
     if len(tensors) <= 2:  # a + b == b + a exactly: no order to fix
@@ -129,10 +123,20 @@ class Quantizer(_TFMOT_QUANTIZER, abc.ABC):
     def __hash__(self) -> int:
         return hash((type(self).__name__, repr(sorted(self.get_config().items()))))
 
+    # --- extension points: tfqnet calls these once per quantizer type in a model ---------
+
     @classmethod
     def callbacks(cls, model: keras.Model, epochs: int) -> list[keras.callbacks.Callback]:
-        """Keras callbacks this quantizer type needs during QAT (schedules). Default none."""
+        """Keras callbacks this quantizer type needs for ``fit(..., epochs=epochs)``
+        (schedules, model losses); :func:`tfqnet.callbacks` collects them. Default none."""
         return []
+
+    @classmethod
+    def prepare_export(cls, model: keras.Model, compress: bool | int = False) -> None:
+        """Called by :func:`tfqnet.convert` before the converter traces ``model``, with
+        its ``compress`` argument: refresh static choices made from variables, or raise
+        :class:`~tfqnet.errors.ConversionError` for a model this type cannot export so.
+        Default: nothing to do."""
 
     # --- helpers for subclasses ------------------------------------------------------
 

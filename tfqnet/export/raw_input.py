@@ -24,6 +24,7 @@ from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as sch
 from tfqnet._keras import keras
 from tfqnet.errors import ConversionError
 from tfqnet.layers import INT8_OFFSET, TABLE_ROWS
+from tfqnet.quantize.api import quantize_scope
 
 
 def _raw_pixel_layers(model: keras.Model) -> list[keras.layers.Layer] | None:
@@ -83,8 +84,6 @@ def _int8_input_model(qat_model: keras.Model) -> keras.Model:
     """``qat_model`` rebuilt on an int8 input (same layers' configs and weights)."""
     if qat_model.inputs[0].dtype == tf.int8:
         return qat_model
-    from tfqnet.quantize import quantize_scope
-
     image = keras.Input(qat_model.inputs[0].shape[1:], dtype="int8", name="image")
     with quantize_scope():
         rebuilt = keras.models.clone_model(qat_model, input_tensors=image)

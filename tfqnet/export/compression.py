@@ -33,34 +33,22 @@ from tflite_micro.tensorflow.lite.micro.compression import (
 from tflite_micro.tensorflow.lite.micro.compression import model_editor, spec
 from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
 
-from tfqnet.convert.flatbuffer import FlatbufferModel
+from tfqnet.export.flatbuffer import FlatbufferModel
+from tfqnet.tflite_format import (
+    DECODE_OP,
+    ELEMENT_BITS,
+    MAX_INDEX_BITS,
+    WEIGHTED_OPS,
+    lut_weight_bytes,
+    unpack_int4,
+)
 
-DECODE_OP = "TFLM_DECODE"
-MAX_INDEX_BITS = 7
-_DECODE_HEADER_BYTES = 16
-_WEIGHTED_OPS = {
-    schema.BuiltinOperator.CONV_2D,
-    schema.BuiltinOperator.DEPTHWISE_CONV_2D,
-    schema.BuiltinOperator.FULLY_CONNECTED,
-    schema.BuiltinOperator.TRANSPOSE_CONV,
-}
-_CONTAINER_BITS = {schema.TensorType.INT4: 4, schema.TensorType.INT8: 8}
+_WEIGHTED_OPCODES = {getattr(schema.BuiltinOperator, name) for name in WEIGHTED_OPS}
+_CONTAINER_BITS = {getattr(schema.TensorType, t): ELEMENT_BITS[t] for t in ("INT4", "INT8")}
 TFLM_ONLY_WARNING = (
     "the compressed model stores weights as TFLM_DECODE lookup-table indices: it runs on "
     "TensorFlow Lite Micro only (register the TFLM_DECODE op); TFLite cannot run it."
 )
-
-
-def unpack_int4(data: bytes, count: int) -> np.ndarray:
-    """Packed INT4 bytes (two a byte, low nibble first) -> ``count`` int8 codes."""
-    raw = np.frombuffer(bytes(data), dtype=np.uint8)
-    nibbles = np.empty(raw.size * 2, dtype=np.int16)
-    nibbles[0::2] = raw & 0x0F
-    nibbles[1::2] = raw >> 4
-    nibbles = np.where(nibbles >= 8, nibbles - 16, nibbles)
-    if nibbles.size < count:
-        raise ValueError(f"INT4 buffer holds {nibbles.size} values, tensor needs {count}")
-    return nibbles[:count].astype(np.int8)
 
 
 def _codes(tensor: model_editor.Tensor) -> np.ndarray:
@@ -127,7 +115,7 @@ def compress(flatbuffer: bytes, bits: int | None = None) -> bytes:
     chosen: dict[int, tuple[_Filter, model_editor.Tensor]] = {}
     for sg_index, subgraph in enumerate(model.subgraphs):
         for op in subgraph.operators:
-            if op.opcode not in _WEIGHTED_OPS or len(op.inputs) < 2:
+            if op.opcode not in _WEIGHTED_OPCODES or len(op.inputs) < 2:
                 continue
             tensor = op.inputs[1]
             if tensor is None or tensor.buffer is None or not tensor.buffer.data:
@@ -242,7 +230,7 @@ def stored_weight_bytes(flatbuffer: bytes) -> int:
     counted: set[int] = set()
     total = 0
     for op in model.operators:
-        if op.name not in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV"):
+        if op.name not in WEIGHTED_OPS:
             continue
         if len(op.inputs) < 2 or op.inputs[1] < 0:
             continue
@@ -262,11 +250,3 @@ def stored_weight_bytes(flatbuffer: bytes) -> int:
 def _buffer_indices(flatbuffer: bytes) -> list[int]:
     graph = schema.Model.GetRootAs(bytes(flatbuffer), 0).Subgraphs(0)
     return [graph.Tensors(i).Buffer() for i in range(graph.TensorsLength())]
-
-
-def lut_weight_bytes(count: int, index_bits: int, tables: int, entries: int) -> int:
-    """The weight bytes :func:`stored_weight_bytes` counts for a filter of ``count``
-    weights stored as ``index_bits``-bit indices into ``tables`` value tables of
-    ``entries`` int8 values: ``ceil(count * index_bits / 8)`` index bytes, the 16-byte
-    decode header and ``tables * entries`` table bytes (what ``compress`` stores)."""
-    return (count * index_bits + 7) // 8 + _DECODE_HEADER_BYTES + tables * entries

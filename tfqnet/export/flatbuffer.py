@@ -12,12 +12,11 @@ from functools import cached_property
 import numpy as np
 from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
 
+from tfqnet import tflite_format
 from tfqnet.errors import InvalidModelFileError
 
 TENSOR_TYPES = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
 BUILTIN_OPS = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-_ELEMENT_BITS = {"INT4": 4, "UINT4": 4, "INT2": 2, "INT8": 8, "UINT8": 8, "INT16": 16,
-                 "FLOAT16": 16, "INT32": 32, "FLOAT32": 32, "INT64": 64}
 
 
 @dataclass(frozen=True)
@@ -144,8 +143,7 @@ class FlatbufferModel:
         indices = {
             op.inputs[1]
             for op in self.operators
-            if op.name in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV")
-            and len(op.inputs) > 1 and op.inputs[1] >= 0
+            if op.name in tflite_format.WEIGHTED_OPS and len(op.inputs) > 1 and op.inputs[1] >= 0
         }
         return [t for t in self.tensors if t.index in indices and t.is_constant]
 
@@ -157,10 +155,7 @@ class FlatbufferModel:
             raise ValueError(f"tensor {tensor.name!r} has no constant data")
         count = element_count(tensor.shape)
         if tensor.type == "INT4":
-            raw = np.frombuffer(data, np.uint8)
-            nibbles = np.stack([raw & 0x0F, raw >> 4], axis=-1).reshape(-1)[:count]
-            values = nibbles.astype(np.int8)
-            values[values > 7] -= 16
+            values = tflite_format.unpack_int4(data, count)
         else:
             dtype = {"INT8": np.int8, "UINT8": np.uint8, "INT16": np.int16,
                      "INT32": np.int32, "INT64": np.int64, "FLOAT32": np.float32}[tensor.type]
@@ -182,5 +177,5 @@ def element_count(shape: tuple[int, ...]) -> int:
 
 def packed_bytes(tensor: Tensor) -> int:
     """Bytes a tensor's elements need at its type's width (INT4: two a byte)."""
-    bits = _ELEMENT_BITS.get(tensor.type, 8)
-    return (element_count(tensor.shape) * bits + 7) // 8
+    bits = tflite_format.ELEMENT_BITS.get(tensor.type, 8)
+    return tflite_format.packed_bytes(element_count(tensor.shape), bits)

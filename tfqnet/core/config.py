@@ -5,7 +5,7 @@ from __future__ import annotations
 import tensorflow_model_optimization as tfmot
 
 from tfqnet._keras import keras
-from tfqnet.quantizers.base import Quantizer, register
+from tfqnet.core.quantizer import Quantizer, register
 
 _QuantizeConfig = tfmot.quantization.keras.QuantizeConfig
 
@@ -113,3 +113,42 @@ class LayerQuantizeConfig(_QuantizeConfig):
 def pass_through_config() -> LayerQuantizeConfig:
     """A config that quantizes nothing: the layer keeps its input's grid."""
     return LayerQuantizeConfig()
+
+
+def quantizer_states(model: keras.Model) -> list[tuple[Quantizer, dict]]:
+    """Every tfqnet quantizer of a built QAT model with the state its ``build`` returned.
+
+    The state is the dict of variables TFMOT passes back to the quantizer at each call
+    (``weights=``): kept by the QuantizeWrapper for kernels and outputs, by TFMOT's
+    QuantizeAwareActivation for fused activations and by the QuantizeLayer for inputs.
+    Schedules and checks reach quantizer state through it, never by variable names.
+    """
+    found = []
+    for layer in model.layers:
+        for _, quantizer, state in getattr(layer, "_weight_vars", ()):
+            found.append((quantizer, state))
+        activation = getattr(getattr(layer, "layer", None), "activation", None)
+        for attr in ("_pre_activation_vars", "_post_activation_vars"):
+            state = getattr(activation, attr, None)
+            if state is not None:
+                found.append((activation.quantizer, state))
+        state = getattr(layer, "_output_quantizer_vars", None)
+        if state is not None:
+            found.append((layer._output_quantizers[0], state))
+        state = getattr(layer, "quantizer_vars", None)
+        if state is not None:
+            found.append((layer.quantizer, state))
+    return [(quantizer, state) for quantizer, state in found if isinstance(quantizer, Quantizer)]
+
+
+def quantizers_of(model: keras.Model) -> list[Quantizer]:
+    """All tfqnet quantizers in a QAT model (weights, activations, inputs)."""
+    found = []
+    for layer in model.layers:
+        config = getattr(layer, "quantize_config", None)
+        if isinstance(config, LayerQuantizeConfig):
+            found.extend(config.quantizers())
+        quantizer = getattr(layer, "quantizer", None)
+        if quantizer is not None:
+            found.append(quantizer)
+    return found

@@ -2,7 +2,8 @@
 
 A method is chosen by name in :func:`tfqnet.quantize_model`. Each method module in
 :mod:`tfqnet.quantizers` defines its quantizers and registers one
-:class:`QuantizationMethod` subclass with :func:`register_method`.
+:class:`QuantizationMethod` subclass with :func:`register_method`; the registry here is
+all the rest of tfqnet knows of methods.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import abc
 from typing import Any, ClassVar
 
-from tfqnet.quantizers.base import Quantizer
+from tfqnet.core.quantizer import Quantizer
 
 _METHODS: dict[str, type[QuantizationMethod]] = {}
 

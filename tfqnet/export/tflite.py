@@ -1,0 +1,79 @@
+"""The plain TFLite target: the TF 2.21 converter, full-integer, on the trained grids.
+
+Every tfqnet model goes through it; the TFLM-compressed target
+(:mod:`tfqnet.export.compression`) rewrites its result.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterator
+
+import numpy as np
+import tensorflow as tf
+
+from tfqnet._keras import keras
+from tfqnet.errors import ConversionError
+from tfqnet.export.flatbuffer import FlatbufferModel
+
+IO_TYPES = {"int8": tf.int8, "uint8": tf.uint8, "float32": tf.float32}
+
+
+def convert_keras(
+    keras_model: keras.Model,
+    samples: list[np.ndarray],
+    input_type: str,
+    output_type: str,
+    raw_pixels: bool,
+) -> bytes:
+    """``keras_model`` (inference mode) converted with full-integer optimizations,
+    calibrated on ``samples`` (one array per input) for the layers QAT left float."""
+    # With several inputs the converter orders its input tensors its own way (not as
+    # model.inputs; a list then feeds the wrong tensors and calibration fails with a
+    # shape error): samples keyed by input name reach the right tensor.
+    input_names = list(keras_model.input_names)
+
+    def representative() -> Iterator[list[np.ndarray] | dict[str, np.ndarray]]:
+        for i in range(samples[0].shape[0]):
+            batch = [s[i : i + 1] for s in samples]
+            yield dict(zip(input_names, batch, strict=True)) if len(batch) > 1 else batch
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(keras_model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = representative
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.int8 if raw_pixels else IO_TYPES[input_type]
+    converter.inference_output_type = IO_TYPES[output_type]
+    absl_level = logging.getLogger("absl").level
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            # The input's range comes from the QAT model's input quantizer, not from
+            # statistics; the converter warns about the latter needlessly.
+            warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
+            return converter.convert()
+    except Exception as error:
+        raise ConversionError(f"the TFLite converter failed: {error}") from error
+    finally:
+        logging.getLogger("absl").setLevel(absl_level)
+
+
+def check_integer_only(flatbuffer: bytes, input_type: str, output_type: str) -> None:
+    """Raises :class:`ConversionError` if a float tensor remains (float model I/O only
+    where ``input_type``/``output_type`` asked for it)."""
+    model = FlatbufferModel.from_bytes(flatbuffer)
+    allowed = set()
+    if input_type == "float32":
+        allowed.update(model.inputs)
+    if output_type == "float32":
+        allowed.update(model.outputs)
+    floats = [t for t in model.float_tensors() if t.index not in allowed]
+    if floats:
+        users = sorted(
+            {op.name for op in model.operators for t in floats if t.index in op.inputs + op.outputs}
+        )
+        raise ConversionError(
+            f"the converted model still computes in float: tensor {floats[0].name!r} "
+            f"({floats[0].type}) and {len(floats) - 1} more, used by {users}."
+        )
