@@ -7,7 +7,9 @@ option fails before any work. Also: the lazy package import and atomic writes.
 
 from __future__ import annotations
 
+import importlib
 import os
+import pkgutil
 import subprocess
 import sys
 from pathlib import Path
@@ -199,6 +201,20 @@ print("ok")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=300, cwd=ROOT, env=env)
     assert proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+def test_every_exception_tfqnet_defines_is_a_tfqnet_error():
+    """One ``except tfqnet.errors.TfqnetError`` catches whatever tfqnet raises on purpose."""
+    from tfqnet.errors import TfqnetError
+
+    defined = []
+    for info in pkgutil.walk_packages(tfqnet.__path__, "tfqnet."):
+        module = importlib.import_module(info.name)
+        defined += [cls for cls in vars(module).values()
+                    if isinstance(cls, type) and issubclass(cls, BaseException)
+                    and not issubclass(cls, Warning) and cls.__module__ == info.name]
+    assert len(defined) >= 7, defined
+    assert [c for c in defined if not issubclass(c, TfqnetError)] == []
 
 
 # -------------------------------------------------------------------- atomic writes

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from tfqnet._files import refuse_to_overwrite, write_atomic
-from tfqnet.errors import InvalidModelFileError
+from tfqnet.errors import InvalidModelFileError, TfqnetError
 from tfqnet.micro import c_arrays
 from tfqnet.micro.arena import ArenaProbeError, measure_arena
 from tfqnet.micro.checker import check_model, load_keras_model
@@ -35,7 +35,7 @@ EXIT_INTERNAL = 70  # sysexits EX_SOFTWARE: a bug in tfqnet
 DEFAULT_VECTORS = 4
 
 
-class _UsageError(Exception):
+class _UsageError(TfqnetError):
     """Bad input: printed as one line, exit code 2."""
 
 

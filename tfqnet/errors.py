@@ -19,3 +19,11 @@ class ConversionError(TfqnetError, RuntimeError):
 
 class InvalidModelFileError(TfqnetError, ValueError):
     """A file is not a readable TFLite flatbuffer."""
+
+
+class ArenaProbeError(TfqnetError, RuntimeError):
+    """The model does not load in the TFLM runtime at any arena size."""
+
+
+class UnsupportedOpError(TfqnetError, ValueError):
+    """The model uses an op that TFLM has no kernel for."""

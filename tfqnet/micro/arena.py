@@ -24,6 +24,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from tfqnet.errors import ArenaProbeError  # defined with tfqnet's other errors
 from tfqnet.micro.isolated import run_python
 
 #: Fraction added to the measured minimum (see the module docstring for why).
@@ -79,10 +80,6 @@ while hi - lo > 1:
         lo = mid
 print("done", hi, flush=True)
 """
-
-
-class ArenaProbeError(RuntimeError):
-    """The model does not load in the TFLM runtime at any arena size."""
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ worst, so the list is derived from the flatbuffer itself.
 
 from __future__ import annotations
 
+from tfqnet.errors import UnsupportedOpError  # defined with tfqnet's other errors
 from tfqnet.export.flatbuffer import FlatbufferModel
 from tfqnet.micro.c_arrays import c_identifier
 
@@ -45,10 +46,6 @@ _METHOD_EXCEPTIONS = {
     "UNIDIRECTIONAL_SEQUENCE_LSTM": "AddUnidirectionalSequenceLSTM",
     "BATCH_MATMUL": "AddBatchMatMul",
 }
-
-
-class UnsupportedOpError(ValueError):
-    """The model uses an op that TFLM has no kernel for."""
 
 
 def resolver_method(op_name: str) -> str:
