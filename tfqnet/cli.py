@@ -28,7 +28,7 @@ from tfqnet.micro.arena import ArenaProbeError, measure_arena
 from tfqnet.micro.checker import check_model, load_keras_model
 from tfqnet.micro.model_file import read_model_file
 from tfqnet.micro.op_resolver import UnsupportedOpError, op_resolver_header
-from tfqnet.micro.runtime import MicroInterpreter
+from tfqnet.micro.runtime import MicroInterpreter, random_input_codes
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_INTERNAL = 70  # sysexits EX_SOFTWARE: a bug in tfqnet
@@ -121,15 +121,7 @@ def _export_c(args) -> int:
                               f"model input is {micro.inputs[0].shape[1:]}")
         codes = [micro._prepare(inputs[: args.count], micro.inputs[0])]
     else:
-        rng = np.random.default_rng(0)
-        codes = []
-        for details in micro.inputs:
-            shape = (args.count, *details.shape[1:])
-            if np.issubdtype(details.dtype, np.integer):
-                info = np.iinfo(details.dtype)
-                codes.append(rng.integers(info.min, info.max + 1, shape).astype(details.dtype))
-            else:
-                codes.append(rng.standard_normal(shape).astype(details.dtype))
+        codes = random_input_codes(micro.inputs, args.count)
     if len(codes) != len(micro.inputs):
         raise _UsageError(f"the model has {len(micro.inputs)} inputs; --inputs gives one")
     _progress(f"computing {codes[0].shape[0]} golden vector(s) with the TFLM runtime")

@@ -34,7 +34,7 @@ from tfqnet.micro.c_arrays import align_flatbuffer
 from tfqnet.micro.isolated import describe_exit, run_python
 from tfqnet.micro.model_file import parse_model
 from tfqnet.micro.op_resolver import UnsupportedOpError, resolver_method
-from tfqnet.micro.runtime import MicroInterpreter
+from tfqnet.micro.runtime import MicroInterpreter, random_input_codes
 from tfqnet.tflite_format import DECODE_OP, ELEMENT_BITS, WEIGHTED_OPS
 
 #: Tensor types with no TFLM kernel support (INT2 only as TFLM_DECODE's input).
@@ -222,16 +222,7 @@ def _sample_inputs(graph: FlatbufferModel, micro, data, count: int) -> list[np.n
         arrays = list(data) if isinstance(data, list | tuple) else [data]
         return [micro._prepare(np.asarray(a)[:count], d)
                 for a, d in zip(arrays, micro.inputs, strict=True)]
-    rng = np.random.default_rng(0)
-    arrays = []
-    for details in micro.inputs:
-        shape = (count, *details.shape[1:])
-        if np.issubdtype(details.dtype, np.integer):
-            info = np.iinfo(details.dtype)
-            arrays.append(rng.integers(info.min, info.max + 1, shape).astype(details.dtype))
-        else:
-            arrays.append(rng.standard_normal(shape).astype(details.dtype))
-    return arrays
+    return random_input_codes(micro.inputs, count)
 
 
 def _diff(a: np.ndarray, b: np.ndarray) -> float:

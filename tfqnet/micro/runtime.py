@@ -109,3 +109,20 @@ class MicroInterpreter:
 def run_tflm(model: bytes, x, raw: bool = False, arena_size: int | None = None):
     """One-shot: load ``model`` into the TFLM runtime and predict on the batch ``x``."""
     return MicroInterpreter(model, arena_size).predict(x, raw=raw)
+
+
+def random_input_codes(inputs: Sequence[TensorDetails], count: int,
+                       seed: int = 0) -> list[np.ndarray]:
+    """Seeded random inputs, one ``(count, ...)`` array per model input, drawn in order
+    from one generator: integer inputs uniform over their dtype's whole range, float
+    inputs standard normal. The checker's samples and export-c's golden vectors."""
+    rng = np.random.default_rng(seed)
+    arrays = []
+    for details in inputs:
+        shape = (count, *details.shape[1:])
+        if np.issubdtype(details.dtype, np.integer):
+            info = np.iinfo(details.dtype)
+            arrays.append(rng.integers(info.min, info.max + 1, shape).astype(details.dtype))
+        else:
+            arrays.append(rng.standard_normal(shape).astype(details.dtype))
+    return arrays
