@@ -105,7 +105,7 @@ def test_corrupt_bytes_raise_invalid_model_file():
 
 def test_resources_count_a_compressed_filter_as_stored(qat_and_tflite):
     from tfqnet.export.compression import _compressed, _Filter, stored_weight_bytes
-    from tfqnet.micro.checker import layer_resources
+    from tfqnet.micro.resources import layer_resources
     from tfqnet.tflite_format import DECODE_OP
 
     tflite = qat_and_tflite[1]
