@@ -286,7 +286,7 @@ def _srq_learned(ctx: Context) -> keras.Model:
 
 def _srq_report(ctx: Context) -> Measurement:
     """The learned-bits row plus its per-layer report (``extra["bits"]``)."""
-    from tfqnet.quantizers.srq import bit_width_report
+    from tfqnet.quantizers.report import bit_width_report
 
     result = _SRQ_LEARNED_ROW.run(ctx)
     if SRQ_LEARNED in ctx.models:

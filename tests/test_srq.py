@@ -301,32 +301,32 @@ def test_convert_refuses_unfrozen_widths(budgeted, digits):
 
 
 def test_compressed_storage_counts_lookup_table_bytes():
-    from tfqnet.tflite_format import lut_weight_bytes
+    from tfqnet.tflite_format import kernel_bytes, lut_weight_bytes, storage_form
 
     n = SIZES["fc1"]  # a per-tensor Dense kernel: one table
-    assert srq.storage_form(n, 3, "compressed") == ("3-bit LUT", lut_weight_bytes(n, 3, 1, 7))
-    assert srq.kernel_bytes(n, 3, "compressed") == (3 * n) // 8 + 16 + 7 < n // 2
-    assert srq.kernel_bytes(n, 5, "compressed") == (5 * n) // 8 + 16 + 31 < n
-    assert srq.storage_form(n, 4, "compressed") == ("INT4", n // 2)  # 4-bit indices: no gain
-    assert srq.storage_form(n, 8, "compressed") == ("int8", n)  # 255 codes: no 7-bit index
+    assert storage_form(n, 3, "compressed") == ("3-bit LUT", lut_weight_bytes(n, 3, 1, 7))
+    assert kernel_bytes(n, 3, "compressed") == (3 * n) // 8 + 16 + 7 < n // 2
+    assert kernel_bytes(n, 5, "compressed") == (5 * n) // 8 + 16 + 31 < n
+    assert storage_form(n, 4, "compressed") == ("INT4", n // 2)  # 4-bit indices: no gain
+    assert storage_form(n, 8, "compressed") == ("int8", n)  # 255 codes: no 7-bit index
     # int4 storage is the container whatever the width
-    assert [srq.kernel_bytes(n, b) for b in range(2, 9)] == [n // 2] * 3 + [n] * 4
+    assert [kernel_bytes(n, b) for b in range(2, 9)] == [n // 2] * 3 + [n] * 4
     # per channel, the tables and the file overhead: conv2 (32 channels) gains at 2 bits only
-    conv2 = [srq.storage_form(SIZES["conv2"], b, "compressed", 32) for b in range(2, 9)]
+    conv2 = [storage_form(SIZES["conv2"], b, "compressed", 32) for b in range(2, 9)]
     assert conv2[0] == ("2-bit LUT", 4608 * 2 // 8 + 16 + 32 * 3)
     assert [form for form, _ in conv2[1:]] == ["INT4", "INT4", "int8", "int8", "int8", "int8"]
     for size, tables, dense in ((144, 16, False), (4608, 32, False), (32768, 1, False),
                                 (640, 1, False), (32768, 64, True), (640, 10, True)):
-        costs = [srq.kernel_bytes(size, b, "compressed", tables, dense) for b in range(2, 9)]
+        costs = [kernel_bytes(size, b, "compressed", tables, dense) for b in range(2, 9)]
         assert costs == sorted(costs)  # never more bytes for fewer bits
-        assert all(c <= srq.kernel_bytes(size, b, per_channel_dense=dense)
+        assert all(c <= kernel_bytes(size, b, per_channel_dense=dense)
                    for b, c in zip(range(2, 9), costs, strict=True))
     # a per-channel Dense kernel is never INT4 (TFLM has no per-channel INT4
     # FULLY_CONNECTED): int8, or indices where those are smaller
-    assert [srq.kernel_bytes(n, b, per_channel_dense=True) for b in range(2, 9)] == [n] * 7
-    assert srq.storage_form(n, 4, "compressed", 64, True) == (
+    assert [kernel_bytes(n, b, per_channel_dense=True) for b in range(2, 9)] == [n] * 7
+    assert storage_form(n, 4, "compressed", 64, True) == (
         "4-bit LUT", lut_weight_bytes(n, 4, 64, 15))
-    assert srq.storage_form(640, 2, "compressed", 10, True) == ("int8", 640)  # too small
+    assert storage_form(640, 2, "compressed", 10, True) == ("int8", 640)  # too small
 
 
 def _frozen_with_gates(float_digits_model, storage, **layer_logits):

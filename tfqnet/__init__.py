@@ -50,7 +50,7 @@ _EXPORTS = {
     "method_names": "tfqnet.core.method",
     "quantize_model": "tfqnet.quantize.api",
     "quantize_scope": "tfqnet.quantize.api",
-    "bit_width_report": "tfqnet.quantizers.srq",
+    "bit_width_report": "tfqnet.quantizers.report",
 }
 #: names that need no TensorFlow: loaded on their own
 _LIGHT = {"tfqnet.errors", "tfqnet.export.flatbuffer", "tfqnet.micro.runtime"}
@@ -126,4 +126,4 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ provide
     from tfqnet.layers import PixelEmbedding
     from tfqnet.micro.runtime import MicroInterpreter, run_tflm
     from tfqnet.quantize.api import callbacks, load_model, quantize_model, quantize_scope
-    from tfqnet.quantizers.srq import bit_width_report
+    from tfqnet.quantizers.report import bit_width_report

@@ -138,6 +138,32 @@ class Quantizer(_TFMOT_QUANTIZER, abc.ABC):
         :class:`~tfqnet.errors.ConversionError` for a model this type cannot export so.
         Default: nothing to do."""
 
+    # --- the report protocol: what tfqnet.bit_width_report reads of a weight quantizer ---
+
+    #: how the kernel's bytes are counted, one of ``tfqnet.tflite_format.STORAGES``
+    storage: str = "int4"
+    #: value tables of the kernel when stored compressed (one per output channel, or 1)
+    tables: int = 1
+
+    @property
+    def learns_width(self) -> bool:
+        """Whether training learns the kernel's width (then :meth:`kernel_bits` reads it
+        from the variables). Default False."""
+        return False
+
+    def kernel_bits(self) -> int:
+        """The kernel's width now. Default: the configured ``bits`` (8 without one)."""
+        return getattr(self, "bits", 8)
+
+    def max_kernel_bits(self) -> int:
+        """The widest the kernel can be. Default: :meth:`kernel_bits`."""
+        return self.kernel_bits()
+
+    def weight_budget_bytes(self) -> float | None:
+        """The weight budget, in bytes, that a learned width trains for (the report's
+        ``budget_bytes`` is the smallest of a model's). Default None: no budget."""
+        return None
+
     # --- helpers for subclasses ------------------------------------------------------
 
     @staticmethod
