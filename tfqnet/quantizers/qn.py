@@ -17,10 +17,9 @@ Gradients: ``dy/dx = T * beta * alpha * sum_i s_i * sig_i * (1 - sig_i)``; ``alp
 and ``beta`` get theirs by autodiff of the formula; ``Y``, ``s_i`` and ``o`` none;
 the thresholds only when learnable. ``alpha`` and ``beta`` are stored as logarithms
 (``alpha = exp(log_alpha)``): they stay positive, and Adam's fixed-size steps change
-them by a relative amount. An 8-bit activation step is ~1/255 of the range, and a
-plain ``alpha`` variable moved by lr 5e-4 per step diverged on digits within a few
-epochs (measured: accuracy fell to 10% as T grew). The paper's reference code clips the weight
-gradient (global norm 5): pass ``clipnorm=5`` to the Keras optimizer for the same.
+them by a relative amount (a plain ``alpha`` diverged: ``docs/defaults.md``). The
+paper's reference code clips the weight gradient (global norm 5): pass ``clipnorm=5``
+to the Keras optimizer for the same.
 
 Final hard phase (option ``hard_fraction``, default 0.5): the last
 ``floor(hard_fraction * E)`` of the ``E`` epochs given to :func:`tfqnet.callbacks` train
@@ -49,11 +48,8 @@ Method options (``quantize_model(..., **options)``):
   Layers at 8 bits (e.g. first/last layer kept at 8 bits through ``overrides``, see
   :func:`first_last_overrides`) get the 8-bit uniform set.
 * ``learn_thresholds`` (False): learn the weight thresholds (the paper froze them,
-  learning them did not help). Measured on digits (W2A8, float 30 epochs then 6,
-  Keras hard accuracy): one run of seeds 0-2, frozen 97.3%, learned 96.4% (3bit_pow2
-  98.9% vs 98.3%); an earlier run of seeds 0-1, frozen 96.9%, learned 98.0%: no
-  consistent gain, so the paper's choice stays. The deployment is exact either way
-  (weights are ``alpha * level``).
+  learning them did not help): no consistent gain on digits either. The deployment is
+  exact either way (weights are ``alpha * level``).
 * ``learn_activation_thresholds`` (False): learn activation thresholds. TFLite
   requantizes by rounding to the nearest level, so learned thresholds cannot be
   deployed exactly: inference mode (and the converted model) then use the midpoints,
@@ -65,32 +61,12 @@ Method options (``quantize_model(..., **options)``):
   initial levels; ``"paper"``: ``alpha = 1 / beta``. Why these two defaults differ
   from the paper: :class:`QNWeightQuantizer` (measured on digits).
 * ``temperature_step`` k (10.0): ``T = (epoch + 1) * k``; the paper used 5 (ResNet)
-  and 10 (AlexNet) over tens of epochs. On digits (W2A8, 6 re-training epochs, k-means
-  + fitted alpha, mean of seeds 0 and 1): after 8 float epochs k = 2.5 / 5 / 10 / 20 /
-  40 gave 96.8 / 95.6 / 97.2 / 97.1 / 95.9%; after 30 float epochs k = 5 / 10 / 20
-  gave 95.9 / 96.9 / 96.6%. 10 kept; differences under ~1.5 points are noise there
-  (two runs of the same seed differed by up to ~2 points then: CPU reductions were
-  not deterministic, and the hard model's accuracy swings between epochs). Adam's learning
-  rate 1e-3 instead of 5e-4 for all variables (alpha, beta included) gave 97.1%.
+  and 10 (AlexNet); 10 scored best or within noise on digits.
 * ``max_temperature`` (2000.0): the cap on ``T`` (the reference code's; short
   re-trainings never reach it).
 * ``hard_fraction`` (0.5): the share of the epochs trained in the final hard phase
-  (0: the paper's soft forward throughout). Why: with 6 re-training epochs (T up to
-  60) ~31% of the ternary weights were still in the soft zone (``beta w`` within ~6/T
-  of a threshold) after the last epoch, so the trained soft weights were not the
-  deployed ones; QN ternary ended 2.1 points below float and below TFMOT's STE.
-  Chosen on a validation split, not the test split: 300 images held out of the digits
-  training split (stratified, ``random_state=1``), float 30 epochs on the other 1047,
-  then 6 W2A8 epochs, mean of seeds 0-2 (float 98.8%, TFMOT STE ternary 97.6%, soft
-  throughout 97.1%). Hard forward in the last 1 / 2 / 3 / 6 epochs, weight gradient
-  from the soft function at the scheduled T: 98.0 / 98.3 / 98.4 / 98.7%; at a fixed
-  T = 60: 98.2 / 98.3 / 98.7 / 98.8%; with a clipped identity STE instead: 96.4 /
-  97.8 / 98.3 / 98.7% (one hard epoch after a soft phase fell below soft-only: Adam's
-  second moments were scaled to the small soft gradients, the switch to full-size
-  STE gradients made large steps). So the soft gradient at the scheduled T (no extra
-  constant, continuous across the switch). More hard epochs scored higher, but the
-  steps from 3 to 6 are below one image per seed; 0.5 keeps the paper's annealed soft
-  forward for the first half. 3bit_pow2 on the same split: 98.6% with 0.5, 98.3% with 0.
+  (0: the paper's soft forward throughout). 0.5: training ends on the deployed function
+  and the first half keeps the paper's annealed soft forward.
 
 Activations use the ``activation_bits``-bit uniform set ``{-z .. 2**bits - 1 - z}``
 with an integer zero point ``z`` fixed on the first batch (``z = 0`` after ReLU, the
@@ -330,16 +306,9 @@ class QNWeightQuantizer(_QNQuantizer):
     per channel (``1 / beta`` where a channel has no non-zero level); with
     ``"paper"``, ``alpha = 1 / beta``.
 
-    Why not the paper's defaults (measured on digits, W2A8, float 8 epochs then 6
-    re-training epochs, mean of seeds 0 and 1; ``benchmarks/bench_qn.py`` has the
-    3-seed table after 30 float epochs, where the gap is larger): the
-    +-0.05 rule leaves ~90% of the weights non-zero (ternary becomes nearly binary),
-    and ``alpha = 1 / beta`` puts the non-zero level at 0.8 max|w|, about twice the
-    mean magnitude of the weights it stands for; ``alpha`` is learned as a logarithm
-    with Adam, which moves it by ~lr per step, so at lr 5e-4 a few hundred steps
-    cannot halve it. Accuracy: paper rule + ``1/beta`` 93.0%, k-means + ``1/beta``
-    95.9%, k-means + fit 97.2% (float 97.8%). For 3bit_pow2 (k-means either way) the
-    fit changed nothing measurable (97.8% vs 97.9%).
+    Why not the paper's defaults: the +-0.05 rule leaves ~90% of the weights non-zero
+    (ternary becomes nearly binary), and ``alpha = 1 / beta`` puts the non-zero level at
+    about twice the mean magnitude of the weights it stands for.
     """
 
     temperature_name = "qn_weight_temperature"

@@ -43,12 +43,11 @@ def soft_staircase(
 
     The ``n`` (few, static) thresholds are a leading axis of one ``[n, *u.shape]``
     tensor, and the sums over ``i`` are reductions over that axis; the backward pass
-    reuses the forward sigmoids instead of autodiff's broadcast gradients. Why this
-    form: autodiff of the masked broadcast form took 8.7 ms on a [64, 8, 8, 32] 8-bit
-    activation (forward + backward, 17-term window, 2 cores), this 3.3 ms. Why not a
-    ``tf.add_n`` of per-threshold terms (3.7 ms): TensorFlow's CPU AddN sums in an
-    order that depends on thread timing (:func:`tfqnet.core.quantizer.ordered_sum`);
-    the reduction sums in index order, so seeded runs repeat bit for bit. In a
+    reuses the forward sigmoids instead of autodiff's broadcast gradients (faster:
+    ``docs/defaults.md``). Not a ``tf.add_n`` of per-threshold terms: TensorFlow's CPU
+    AddN sums in an order that depends on thread timing
+    (:func:`tfqnet.core.quantizer.ordered_sum`); the reduction sums in index order, so
+    seeded runs repeat bit for bit. In a
     ``tf.function`` the threshold and temperature gradients are pruned when nothing
     asks for them (frozen thresholds).
     ``steps`` are Python numbers (static); ``thresholds`` a tensor of ``len(steps)``.
