@@ -15,7 +15,7 @@ SRQ takes no Gumbel sample:
 * backward: a multi-class straight-through estimator through the relaxed expectation
   ``E = sum_i pi_i g_i = step * (lo + sum_j F((x - t_j) / sigma))`` (``t_j`` the
   midpoints between grid points), so ``x``, ``step`` and ``sigma`` get the gradients
-  of ``E``. ``E`` is evaluated by :func:`tfqnet.quantizers.qn.soft_uniform_staircase`
+  of ``E``. ``E`` is evaluated by :func:`tfqnet.quantizers.staircase.soft_uniform_staircase`
   (the same sum of sigmoids as QN, windowed to ``WINDOW`` midpoints each side of ``x``).
 
 ``step`` and ``sigma`` are learned per layer (``step`` per output channel for Conv2D

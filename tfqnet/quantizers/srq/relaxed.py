@@ -14,8 +14,8 @@ import numpy as np
 import tensorflow as tf
 
 from tfqnet import grid
-from tfqnet.quantizers.qn import soft_uniform_staircase
 from tfqnet.quantizers.srq.allocator import MIN_BITS
+from tfqnet.quantizers.staircase import soft_uniform_staircase
 
 #: midpoints evaluated each side of x in the relaxed expectation
 WINDOW = 2
