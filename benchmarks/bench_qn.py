@@ -229,14 +229,14 @@ def main() -> None:
         "TFMOT's STE at the same 3x budget "
         f"{100 * (mean('TFMOT STE ternary, 3x epochs') - float_acc):+.2f}. "
         "`hard_fraction` was chosen on a validation split held out of the training "
-        "images, not on this test split (numbers in the docstring of "
-        "`tfqnet.quantizers.qn`). QN rows are not bit-reproducible from run to run even "
+        "images, not on this test split (numbers in `docs/defaults.md`). QN rows are not "
+        "bit-reproducible from run to run even "
         "with op determinism (`benchmarks/__init__.py`), while the TFMOT rows are: in "
         "two runs of this script on 2026-11-23 the same seed's QN accuracy differed by "
         "up to 1.3 points in a row (source not tracked down), so 3 seeds of 450 test "
         "images resolve differences of about a point, not less."
         "\n\nHow the other defaults were chosen (and why the paper's initialisation is "
-        "the `paper init` row): see the docstrings of `tfqnet.quantizers.qn`.\n"
+        "the `paper init` row): see `docs/defaults.md`.\n"
     )
     write_section("qn", "Quantization Networks (issue 3)", body)
 

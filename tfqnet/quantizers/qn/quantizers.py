@@ -1,77 +1,5 @@
-"""Quantization Networks (QN; Yang et al., CVPR 2019): a sigmoid-sum quantizer
-trained by temperature annealing.
-
-Forward (training), with the ordered integer level set ``Y``, ``n = |Y| - 1`` steps
-``s_i = Y[i+1] - Y[i]``, thresholds ``b_i`` and temperature ``T``::
-
-    y = alpha * (Y[0] + sum_i s_i * sigmoid(T * (beta * x - b_i)))
-
-which is the paper's ``alpha * (sum_i s_i sigmoid(...) - o)`` with ``o = -Y[0]``
-(``o = sum_i s_i / 2`` for a symmetric weight set, ``o = 0`` for ReLU activations).
-Inference (``T -> inf``): the sigmoid becomes the unit step ``A(z) = [z >= 0]``, so
-``y = alpha * level`` with an integer ``level`` from ``Y``; that is emitted through
-:mod:`tfqnet.grid` with scale ``alpha``, so the converted weights are exactly
-``alpha * level`` (packed INT4 when ``max|Y| <= 7``).
-
-Gradients: ``dy/dx = T * beta * alpha * sum_i s_i * sig_i * (1 - sig_i)``; ``alpha``
-and ``beta`` get theirs by autodiff of the formula; ``Y``, ``s_i`` and ``o`` none;
-the thresholds only when learnable. ``alpha`` and ``beta`` are stored as logarithms
-(``alpha = exp(log_alpha)``): they stay positive, and Adam's fixed-size steps change
-them by a relative amount (a plain ``alpha`` diverged: ``docs/defaults.md``). The
-paper's reference code clips the weight gradient (global norm 5): pass ``clipnorm=5``
-to the Keras optimizer for the same.
-
-Final hard phase (option ``hard_fraction``, default 0.5): the last
-``floor(hard_fraction * E)`` of the ``E`` epochs given to :func:`tfqnet.callbacks` train
-the inference forward (the ``T -> inf`` step function: weights ``alpha * level``,
-activations TFLite's rounding), so training ends on the function that is deployed.
-Weights keep the soft function's gradient at the scheduled ``T`` (a straight-through
-estimator: ``y = soft + stop_gradient(hard - soft)``); activations get FakeQuant's
-straight-through gradient (8-bit steps are already nearly hard at ``T >= 30``). A 0/1
-flag per quantizer (model state, set by the callback from the epoch index like ``T``)
-selects the phase, so resumed training and reloaded models keep it.
-
-Usage::
-
-    q = tfqnet.quantize_model(model, method="qn", weight_bits=2, activation_bits=8)
-    q.fit(x, y, epochs=E, callbacks=tfqnet.callbacks(q, E))   # T = (epoch + 1) * k
-
-Method options (``quantize_model(..., **options)``):
-
-* ``levels``: the weight level set: ``"binary"`` {-1, 1}, ``"ternary"`` {-1, 0, 1},
-  ``"3bit"`` {-2..2}, ``"3bit_pow2"`` {-4, -2, -1, 0, 1, 2, 4}, ``"<k>bit_uniform"``
-  {-(2**(k-1)-1) .. 2**(k-1)-1}, or an explicit list of integers. Default ``None``:
-  the ``weight_bits``-bit uniform set (so ``weight_bits=2`` means ternary).
-  How it meets ``weight_bits``: the set replaces the uniform set in every layer whose
-  weight bits are below 8; ``weight_bits`` must be able to hold it (``3bit_pow2``
-  needs 4 bits: ``max|Y| <= 2**(bits-1) - 1``), else ``quantize_model`` raises.
-  Layers at 8 bits (e.g. first/last layer kept at 8 bits through ``overrides``, see
-  :func:`first_last_overrides`) get the 8-bit uniform set.
-* ``learn_thresholds`` (False): learn the weight thresholds (the paper froze them,
-  learning them did not help): no consistent gain on digits either. The deployment is
-  exact either way (weights are ``alpha * level``).
-* ``learn_activation_thresholds`` (False): learn activation thresholds. TFLite
-  requantizes by rounding to the nearest level, so learned thresholds cannot be
-  deployed exactly: inference mode (and the converted model) then use the midpoints,
-  and a warning says the deployment is approximate.
-* ``ternary_threshold`` (None): ternary thresholds by k-means like every other set
-  (the paper's reference code); a number ``t`` gives the paper's text rule, thresholds
-  at ``+-t * max|beta w|`` (``t = 0.05`` in the paper).
-* ``alpha_init`` (``"fit"``): ``alpha`` starts at the least-squares scale of the
-  initial levels; ``"paper"``: ``alpha = 1 / beta``. Why these two defaults differ
-  from the paper: :class:`QNWeightQuantizer` (measured on digits).
-* ``temperature_step`` k (10.0): ``T = (epoch + 1) * k``; the paper used 5 (ResNet)
-  and 10 (AlexNet); 10 scored best or within noise on digits.
-* ``max_temperature`` (2000.0): the cap on ``T`` (the reference code's; short
-  re-trainings never reach it).
-* ``hard_fraction`` (0.5): the share of the epochs trained in the final hard phase
-  (0: the paper's soft forward throughout). 0.5: training ends on the deployed function
-  and the first half keeps the paper's annealed soft forward.
-
-Activations use the ``activation_bits``-bit uniform set ``{-z .. 2**bits - 1 - z}``
-with an integer zero point ``z`` fixed on the first batch (``z = 0`` after ReLU, the
-paper's ``o = 0``; a zero point lets linear outputs such as logits be negative).
-"""
+"""QN's weight and activation quantizers and their temperature schedule (the formulas
+and options: :mod:`tfqnet.quantizers.qn`)."""
 
 from __future__ import annotations
 
@@ -85,78 +13,24 @@ import tensorflow as tf
 from tfqnet import grid
 from tfqnet._keras import keras
 from tfqnet.core.config import quantizer_states, quantizers_of
-from tfqnet.core.layer_kinds import weighted_layer_names
-from tfqnet.core.method import QuantizationMethod, register_method
 from tfqnet.core.quantizer import BatchStatistics, Quantizer, register
 from tfqnet.quantizers.kernel_views import as_channels, channels_last
-from tfqnet.quantizers.staircase import (  # noqa: F401  (srq imports soft_uniform_staircase from here)
-    KMEANS_ITERATIONS,
+from tfqnet.quantizers.qn.levels import LEVEL_SETS, is_uniform, parse_levels, required_bits
+from tfqnet.quantizers.staircase import (
     WINDOW,
-    _unbroadcast,
     hard_staircase,
-    kmeans_1d,
     kmeans_thresholds,
     soft_staircase,
     soft_uniform_staircase,
 )
 
 _MIN = 1e-8
-#: level sets of the paper, by name (integers: every level is an integer multiple of alpha)
-LEVEL_SETS: dict[str, tuple[int, ...]] = {
-    "binary": (-1, 1),
-    "ternary": (-1, 0, 1),
-    "3bit": (-2, -1, 0, 1, 2),
-    "3bit_pow2": (-4, -2, -1, 0, 1, 2, 4),
-}
 #: the paper's ternary rule (option ``ternary_threshold``): +-0.05 of max|beta * w|
 TERNARY_THRESHOLD = 0.05
 #: level sets with more steps than this and uniform midpoint thresholds use the window
 EXACT_MAX_STEPS = 2 * WINDOW + 1
-#: default of option ``hard_fraction`` (module docstring)
+#: default of option ``hard_fraction`` (module docstring of tfqnet.quantizers.qn)
 HARD_FRACTION = 0.5
-
-
-# --- level sets ------------------------------------------------------------------------
-
-
-def uniform_levels(bits: int) -> tuple[int, ...]:
-    """The symmetric narrow-range ``bits``-bit set ``{-qmax .. qmax}``."""
-    qmax = grid.weight_qmax(grid.check_bits(bits, "bits"))
-    return tuple(range(-qmax, qmax + 1))
-
-
-def parse_levels(levels: str | int | Sequence[int]) -> tuple[int, ...]:
-    """A level set given by name, bit-width (``"4bit_uniform"`` or 4) or integer list."""
-    if isinstance(levels, str):
-        if levels in LEVEL_SETS:
-            return LEVEL_SETS[levels]
-        if levels.endswith("bit_uniform") and levels[: -len("bit_uniform")].isdigit():
-            return uniform_levels(int(levels[: -len("bit_uniform")]))
-        raise ValueError(
-            f"unknown level set {levels!r}; use one of {sorted(LEVEL_SETS)}, "
-            "'<k>bit_uniform' or a list of integers."
-        )
-    if isinstance(levels, int) and not isinstance(levels, bool):
-        return uniform_levels(levels)
-    values = list(levels)
-    if not all(isinstance(v, int | np.integer) and not isinstance(v, bool) for v in values):
-        raise ValueError(f"explicit levels must be integers, got {levels!r}.")
-    parsed = tuple(sorted({int(v) for v in values}))
-    if len(parsed) < 2:
-        raise ValueError(f"a level set needs at least two levels, got {levels!r}.")
-    if max(abs(v) for v in parsed) > grid.weight_qmax(8):
-        raise ValueError(f"levels must lie in [-127, 127] (int8 codes), got {levels!r}.")
-    return parsed
-
-
-def required_bits(levels: Sequence[int]) -> int:
-    """Fewest weight bits whose narrow-range codes hold every level."""
-    largest = max(abs(v) for v in levels)
-    return next(b for b in grid.WEIGHT_BITS if grid.weight_qmax(b) >= largest)
-
-
-def _is_uniform(levels: Sequence[int]) -> bool:
-    return all(b - a == 1 for a, b in zip(levels[:-1], levels[1:], strict=True))
 
 
 # --- quantizers ------------------------------------------------------------------------
@@ -337,7 +211,7 @@ class QNWeightQuantizer(_QNQuantizer):
         self.steps = np.diff(self.levels).astype(np.float32)
         # Uniform sets with frozen midpoint thresholds use the windowed sum.
         self.windowed = (
-            _is_uniform(self.levels)
+            is_uniform(self.levels)
             and len(self.steps) > EXACT_MAX_STEPS
             and not self.learn_thresholds
         )
@@ -581,77 +455,3 @@ class QNActivationQuantizer(_QNQuantizer):
             return grid.activation_fake_quant(inputs, alpha, zero_point, self.bits)
 
         return tf.cond(weights["hard"] > 0.5, hard, soft)
-
-
-# --- the method ------------------------------------------------------------------------
-
-
-def first_last_overrides(model: keras.Model, bits: int = 8) -> dict[str, dict[str, int]]:
-    """``overrides`` for :func:`tfqnet.quantize_model` keeping the first and the last
-    weighted layer (Conv/Dense, in ``model.layers`` order) at ``bits`` weights and
-    activations; the paper left them float, a microcontroller has no float.
-
-    ``quantize_model(m, "qn", 2, 8, overrides=first_last_overrides(m))``.
-    """
-    weighted = weighted_layer_names(model)
-    if not weighted:
-        return {}
-    ends = dict.fromkeys([weighted[0], weighted[-1]])
-    return {name: {"weight_bits": bits, "activation_bits": bits} for name in ends}
-
-
-@register_method
-class QNMethod(QuantizationMethod):
-    """``method="qn"``: Quantization Networks (options in :mod:`tfqnet.quantizers.qn`)."""
-
-    name = "qn"
-
-    def __init__(
-        self,
-        levels: str | int | Sequence[int] | None = None,
-        learn_thresholds: bool = False,
-        learn_activation_thresholds: bool = False,
-        temperature_step: float = 10.0,
-        max_temperature: float = 2000.0,
-        ternary_threshold: float | None = None,
-        alpha_init: str = "fit",
-        hard_fraction: float = HARD_FRACTION,
-    ):
-        self.levels = None if levels is None else parse_levels(levels)
-        self.ternary_threshold = _check_ternary_threshold(ternary_threshold)
-        self.alpha_init = _check_alpha_init(alpha_init)
-        self.learn_thresholds = bool(learn_thresholds)
-        self.learn_activation_thresholds = bool(learn_activation_thresholds)
-        self.schedule = {
-            "temperature_step": temperature_step,
-            "max_temperature": max_temperature,
-            "hard_fraction": hard_fraction,
-        }
-        _check_schedule(temperature_step, max_temperature, hard_fraction)  # now, not per layer
-
-    def weight_levels(self, bits: int) -> tuple[int, ...]:
-        """The level set of a layer with ``bits`` weight bits (see the module docstring)."""
-        if self.levels is None or bits == 8:
-            return uniform_levels(bits)
-        if required_bits(self.levels) > bits:
-            raise ValueError(
-                f"QN levels {list(self.levels)} need weight_bits >= "
-                f"{required_bits(self.levels)}, got {bits}."
-            )
-        return self.levels
-
-    def weight_quantizer(self, bits, per_axis, channel_dims):
-        return QNWeightQuantizer(
-            self.weight_levels(bits),
-            per_axis=per_axis,
-            channel_dims=channel_dims,
-            learn_thresholds=self.learn_thresholds,
-            ternary_threshold=self.ternary_threshold,
-            alpha_init=self.alpha_init,
-            **self.schedule,
-        )
-
-    def activation_quantizer(self, bits):
-        return QNActivationQuantizer(
-            bits, learn_thresholds=self.learn_activation_thresholds, **self.schedule
-        )
