@@ -109,11 +109,21 @@ def test_converted_model_matches_the_single_device_run(method):
     assert np.mean(single.argmax(-1) == mirrored.argmax(-1)) >= 0.99
 
 
-def test_uniform_crq_srq_convert_byte_for_byte(report):
-    """Measured: with these methods the two runs give identical flatbuffers (SRQ with
-    its random bit dropping off; qn's float32 scales differ by a few ulps)."""
-    for name in ("uniform", "crq", "srq"):
+def test_uniform_crq_srq_convert_to_the_same_integer_model(report):
+    """crq and srq (random bit dropping off) convert byte for byte. uniform does on some
+    machines; on others the trained float32 input step (LSQ's gradient, a sum over the
+    whole batch on one device and over each shard under the strategy) ends one ulp
+    apart: measured on an AMD EPYC CI machine, 9 scales within 4.7e-7 relative, with
+    identical codes. Its integer model must still compute exactly the same: identical
+    layout and codes, and identical TFLM outputs (qn's looser check is above)."""
+    for name in ("crq", "srq"):
         assert report[name]["flatbuffers_equal"], report[name]["flatbuffer_diff"]
+    uniform = report["uniform"]
+    if not uniform["flatbuffers_equal"]:
+        diff = uniform["flatbuffer_diff"]
+        assert diff["layout_differing"] == [] and diff["codes_differing"] == 0, diff
+        assert diff["largest_scale_rel_difference"] <= 1e-6, diff
+        assert uniform["runs"]["single"]["tflm"] == uniform["runs"]["mirrored"]["tflm"]
 
 
 @pytest.mark.parametrize("name", tfqnet.method_names())
