@@ -99,7 +99,7 @@ all bits kept, ~1% chance each gate samples 0). The costs, added as a model loss
   Dense kernels are quantized **per output channel** in this storage
   (:attr:`SRQMethod.per_channel_dense`): nothing holds them to one scale, since they
   are never INT4 here (TFLM has no per-channel INT4 FULLY_CONNECTED, so a per-channel
-  Dense kernel is int8 or indices, :func:`tfqnet.grid.weight_storage_bits`), and a
+  Dense kernel is int8 or indices, :func:`tfqnet.tflite_format.weight_container_bits`), and a
   3-bit Dense kernel loses less with a scale per channel. The converter cannot
   take per-channel Dense kernels; :mod:`tfqnet.export.per_channel_dense` writes their
   scales into the flatbuffer.
