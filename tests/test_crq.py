@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -124,10 +122,8 @@ def test_schedule_ramps_then_switches_to_hard():
 
 @pytest.fixture(scope="module")
 def crq_model(float_digits_model, digits):
-    with warnings.catch_warnings():
-        # weight_bits=2 everywhere: no layer falls back to the uniform quantizer
-        warnings.filterwarnings("error", message="method 'crq'")
-        qat = tfqnet.quantize_model(float_digits_model, method="crq", weight_bits=2)
+    # no layer policy: every kernel ternary, none on the uniform quantizer
+    qat = tfqnet.quantize_model(float_digits_model, method="crq", policy=None)
     before = clustered_share(qat)
     fine_tune(qat, digits, epochs=EPOCHS)
     return qat, before
@@ -135,7 +131,7 @@ def crq_model(float_digits_model, digits):
 
 @pytest.fixture(scope="module")
 def int4_model(crq_model, digits):
-    return tfqnet.convert(crq_model[0], digits.x_train[:100])
+    return tfqnet.convert(crq_model[0], digits.x_train[:100], compress=False)
 
 
 def test_callbacks_provide_the_schedule_and_it_ends_hard(crq_model):
@@ -231,9 +227,9 @@ def test_depthwise_kernel_exports_ternary_and_compresses(digits):
     x = layers.Conv2D(4, 3, padding="same", activation="relu")(inputs)
     x = layers.DepthwiseConv2D(3, padding="same", depth_multiplier=2, activation="relu")(x)
     outputs = layers.Dense(10)(layers.Flatten()(x))
-    qat = tfqnet.quantize_model(keras.Model(inputs, outputs), method="crq", weight_bits=2)
+    qat = tfqnet.quantize_model(keras.Model(inputs, outputs), method="crq", policy=None)
     fine_tune(qat, digits, epochs=2, lr=2e-3)
-    flatbuffer = tfqnet.convert(qat, digits.x_train[:50])
+    flatbuffer = tfqnet.convert(qat, digits.x_train[:50], compress=False)
     (depthwise,) = [
         t for t in tfqnet.FlatbufferModel.from_bytes(flatbuffer).weight_tensors()
         if "depthwise" in t.name
@@ -261,7 +257,9 @@ def test_compression_that_would_grow_the_file_is_refused(digits):
     inputs = keras.Input((8, 8, 1))
     x = keras.layers.Conv2D(4, 3, activation="relu")(inputs)
     outputs = keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(x))
-    qat = tfqnet.quantize_model(keras.Model(inputs, outputs), method="crq", weight_bits=2)
+    qat = tfqnet.quantize_model(keras.Model(inputs, outputs), method="crq", policy=None)
     fine_tune(qat, digits, epochs=1)
+    plain = tfqnet.convert(qat, digits.x_train[:50], compress=False)
     with pytest.raises(ValueError, match="smaller"):
-        compress_ternary(tfqnet.convert(qat, digits.x_train[:50]))
+        compress_ternary(plain)
+    assert tfqnet.convert(qat, digits.x_train[:50]) == plain  # "auto" leaves it as it is

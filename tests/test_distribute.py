@@ -129,7 +129,7 @@ def test_uniform_crq_srq_convert_to_the_same_integer_model(report):
 @pytest.mark.parametrize("name", tfqnet.method_names())
 def test_every_quantizer_state_variable_is_first_replica_on_write(name):
     """All methods create their state through ``Quantizer.add_state``."""
-    options = {"weight_bits": 2} if name in ("qn", "crq") else {}
+    options = {"weight_bits": 2, "policy": None} if name in ("qn", "crq") else {}
     qat = tfqnet.quantize_model(tiny_cnn(), method=name, activation_bits=4, **options)
     assert quantizers_of(qat)
     # the layers' own weights and TFMOT's step counter are not quantizer state

@@ -28,7 +28,7 @@ def per_channel_srq(float_digits_model, digits):
     ones in int8 (TFLM has no per-channel INT4 FULLY_CONNECTED), the Conv2D ones INT4."""
     qat = tfqnet.quantize_model(float_digits_model, "srq", 4, 8, storage="compressed")
     fine_tune(qat, digits, epochs=1)
-    return qat, tfqnet.convert(qat, digits.x_train)
+    return qat, tfqnet.convert(qat, digits.x_train, compress=False)
 
 
 def _fully_connected(flatbuffer):

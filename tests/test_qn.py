@@ -379,9 +379,11 @@ def test_level_sets_and_bits(float_digits_model):
 
 @pytest.fixture(scope="module")
 def ternary(float_digits_model, digits):
-    qat = tfqnet.quantize_model(float_digits_model, method="qn", weight_bits=2, activation_bits=8)
+    """Every layer ternary (no layer policy), exported as INT4 for TFLite's interpreter."""
+    qat = tfqnet.quantize_model(float_digits_model, method="qn", weight_bits=2, activation_bits=8,
+                                policy=None)
     fine_tune(qat, digits, epochs=2)
-    return qat, tfqnet.convert(qat, digits.x_train)
+    return qat, tfqnet.convert(qat, digits.x_train, compress=False)
 
 
 def _int_weights(flatbuffer: bytes) -> dict[str, tuple[np.ndarray, object]]:
@@ -431,7 +433,7 @@ def test_temperature_is_annealed_and_survives_save_load(ternary, float_digits_mo
     # for every tfqnet method at the time of writing (TFMOT wrapper variable order).
     path = str(tmp_path / "qn.weights.h5")
     qat.save_weights(path)
-    loaded = tfqnet.quantize_model(float_digits_model, method="qn", weight_bits=2)
+    loaded = tfqnet.quantize_model(float_digits_model, method="qn", weight_bits=2, policy=None)
     loaded_temps = [v for v in loaded.variables if "temperature" in v.name]
     assert {float(v) for v in loaded_temps} == {K_STEP}  # a fresh model starts at epoch 0
     loaded_flags = [v for v in loaded.variables if v.name.endswith("_hard:0")]

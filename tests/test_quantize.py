@@ -44,7 +44,7 @@ def test_quantize_model_leaves_the_float_model_untouched(float_digits_model, dig
 def test_configs_follow_bits_overrides_and_output_rule(float_digits_model):
     q = tfqnet.quantize_model(
         float_digits_model, weight_bits=3, activation_bits=4,
-        overrides={"conv1": {"weight_bits": 8}},
+        overrides={"conv1": {"weight_bits": 8}}, policy=None,
     )
     conv1 = _wrapper(q, "conv1").quantize_config
     conv2 = _wrapper(q, "conv2").quantize_config

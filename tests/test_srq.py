@@ -355,7 +355,7 @@ def test_compressed_storage_buys_wider_layers_at_the_all_4_bit_budget(float_digi
     assert report.total_bytes == (3 * SIZES["fc1"]) // 8 + 16 + 64 * 7 + 144 + 4608 + 640
     assert report.total_bytes <= ALL_INT4_BYTES
     assert report.as_dict()["fc1"]["stored_as"] == "3-bit LUT"
-    assert "| fc1 | 3 (8) | yes | 32768 | 3-bit LUT |" in report.table()
+    assert "| fc1 | 3 (8) | default | yes | 32768 | 3-bit LUT |" in report.table()
 
 
 def test_room_is_given_back_past_a_gate_training_dropped(float_digits_model):

@@ -43,6 +43,8 @@ class LayerQuantizeConfig(_QuantizeConfig):
     result gets ``activation_quantizer``; when ``quantize_output`` the layer's output
     does (layers without an activation attribute: Add, pooling, ReLU layers).
     A config with nothing to quantize is a pass-through (Flatten, MaxPool, ...).
+    ``bits_from`` says what chose the layer's bits (``"default"``, ``"override"``, or
+    the layer policy's reason), for the bit-width report.
     """
 
     def __init__(
@@ -52,12 +54,14 @@ class LayerQuantizeConfig(_QuantizeConfig):
         activation_quantizer: Quantizer | None = None,
         quantize_activation: bool = False,
         quantize_output: bool = False,
+        bits_from: str = "default",
     ):
         self.weight_attrs = list(weight_attrs or [])
         self.weight_quantizer = weight_quantizer
         self.activation_quantizer = activation_quantizer
         self.quantize_activation = quantize_activation
         self.quantize_output = quantize_output
+        self.bits_from = bits_from
 
     def get_weights_and_quantizers(self, layer):
         return [(getattr(layer, attr), self.weight_quantizer) for attr in self.weight_attrs]
@@ -94,6 +98,7 @@ class LayerQuantizeConfig(_QuantizeConfig):
             "activation_quantizer": _serialize(self.activation_quantizer),
             "quantize_activation": self.quantize_activation,
             "quantize_output": self.quantize_output,
+            "bits_from": self.bits_from,
         }
 
     @classmethod
@@ -152,3 +157,13 @@ def quantizers_of(model: keras.Model) -> list[Quantizer]:
         if quantizer is not None:
             found.append(quantizer)
     return found
+
+
+def weight_quantizers(model: keras.Model) -> list[Quantizer]:
+    """The kernel quantizers of a QAT model's weighted layers, in layer order."""
+    return [
+        layer.quantize_config.weight_quantizer
+        for layer in model.layers
+        if isinstance(getattr(layer, "quantize_config", None), LayerQuantizeConfig)
+        and layer.quantize_config.weight_attrs
+    ]

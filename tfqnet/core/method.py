@@ -31,6 +31,18 @@ class QuantizationMethod(abc.ABC):
                 f"see help(tfqnet.quantizers.{type(self).__module__.rsplit('.', 1)[-1]})."
             )
 
+    #: the model's weight bits when ``quantize_model`` is given none
+    default_weight_bits: int = 8
+
+    def resolve_weight_bits(self, requested: int | None) -> int:
+        """The model's weight bits: ``requested``, or the method's default for None.
+
+        A method whose options decide the bits (a level set, a ternary method) returns
+        them for None and raises ValueError, with the fix, for a ``requested`` that
+        contradicts them, so no option is dropped silently.
+        """
+        return self.default_weight_bits if requested is None else requested
+
     @abc.abstractmethod
     def weight_quantizer(self, bits: int, per_axis: bool, channel_dims: int) -> Quantizer:
         """Quantizer for a kernel; ``channel_dims`` trailing axes form the output channel."""

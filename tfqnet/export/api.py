@@ -9,17 +9,19 @@ handled around it), then, with ``compress``, the TFLM-compressed target
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from tfqnet._keras import keras, require_tf_keras_model
-from tfqnet.core.config import quantizer_states, quantizers_of
+from tfqnet.core.config import quantizer_states, quantizers_of, weight_quantizers
 from tfqnet.errors import ConversionError
 from tfqnet.export import compression, raw_input, tflite
 from tfqnet.export.per_channel_dense import per_channel_dense_export, restore_channel_scales
 from tfqnet.layers import dtype_name
+from tfqnet.tflite_format import INT4_MAX_BITS, MAX_INDEX_BITS
 
 MAX_REPRESENTATIVE_SAMPLES = 200
 
@@ -94,7 +96,7 @@ def convert(
     representative_data: np.ndarray | Sequence[np.ndarray],
     input_type: str | type | None = None,
     output_type: str | type = "int8",
-    compress: bool | int = False,
+    compress: bool | int | str = "auto",
 ) -> bytes:
     """Converts a trained tfqnet QAT model to a full-integer TFLite flatbuffer.
 
@@ -113,10 +115,16 @@ def convert(
     the embedding's ``input_dtype``), and ``representative_data`` holds pixels as
     the Keras model takes them (see :mod:`tfqnet.export.raw_input`).
 
-    ``compress``: True (or an index width 1..7) stores filters with few distinct values
-    as bit-packed lookup-table indices (2 bits for ternary weights) via
-    :func:`tfqnet.export.compression.compress`. **Such a model runs on TFLM only**
-    (TFLM_DECODE op); TFLite's interpreter cannot run it.
+    ``compress``: ``"auto"`` (default) stores the kernels of a model with weights
+    below 4 bits (ternary, 3-bit) as bit-packed lookup-table indices of at most 3 bits
+    (2 for ternary) wherever that makes the file smaller, and warns naming them; a
+    model whose kernels are all 4 bits or wider is left as it is; one whose budget
+    counts compressed kernels (SRQ ``storage="compressed"``) is compressed at every
+    index width, as with True, but not refused. True (or an index width 1..7)
+    compresses every filter with few distinct values
+    (:func:`tfqnet.export.compression.compress`); False keeps INT4/int8 containers.
+    **A compressed model runs on TFLM only** (TFLM_DECODE op); TFLite's interpreter
+    cannot run it: pass ``compress=False`` for that.
 
     Raises :class:`~tfqnet.errors.ConversionError` if a float operator or float weight
     remains (other than float model I/O when requested).
@@ -131,8 +139,13 @@ def convert(
         if value not in tflite.IO_TYPES:
             raise ValueError(f"{name} must be one of {sorted(tflite.IO_TYPES)}, got {value!r}.")
     samples = _as_input_list(qat_model, representative_data)
+    auto_bits = None
+    if isinstance(compress, str):
+        if compress != "auto":
+            raise ValueError(f"compress must be 'auto', True, False or 1..7, got {compress!r}.")
+        auto_bits = _auto_index_bits(qat_model)
     _check_initialized(qat_model)
-    _prepare_export(qat_model, compress)
+    _prepare_export(qat_model, auto_bits is not None if compress == "auto" else compress)
     keras_model = qat_model
     if raw_pixels:
         keras_model, samples = raw_input.int8_input_model(qat_model, samples, input_type)
@@ -148,6 +161,33 @@ def convert(
         flatbuffer = raw_input.prepend_uint8_input(flatbuffer)
 
     tflite.check_integer_only(flatbuffer, input_type, output_type)
+    if compress == "auto":
+        return bytes(flatbuffer) if auto_bits is None else _compress_auto(flatbuffer, auto_bits)
     if compress:
         return compression.compress(flatbuffer, bits=None if compress is True else int(compress))
     return bytes(flatbuffer)
+
+
+def _auto_index_bits(model: keras.Model) -> int | None:
+    """The widest index ``compress="auto"`` stores for ``model``: every width
+    (``MAX_INDEX_BITS``) for a model whose kernels count as compressed (SRQ
+    ``storage="compressed"``), 3 bits for one with a fixed-width kernel below 4 bits
+    (learned SRQ widths follow SRQ's ``storage`` option), else None (no compression)."""
+    kernels = weight_quantizers(model)
+    if any(q.storage == "compressed" for q in kernels):
+        return MAX_INDEX_BITS
+    if any(q.kernel_bits() < INT4_MAX_BITS and not q.learns_width for q in kernels):
+        return INT4_MAX_BITS - 1
+    return None
+
+
+def _compress_auto(flatbuffer: bytes, max_index_bits: int) -> bytes:
+    compressed, layers = compression.compress_narrow(flatbuffer, max_index_bits)
+    if layers:
+        warnings.warn(
+            f"tfqnet.convert stored {len(layers)} kernel(s) as TFLM lookup-table indices "
+            f"({', '.join(layers)}): the model runs on TensorFlow Lite Micro only (op "
+            "TFLM_DECODE); pass compress=False to keep INT4/int8 for TFLite's interpreter.",
+            stacklevel=3,
+        )
+    return compressed

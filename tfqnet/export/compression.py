@@ -33,7 +33,7 @@ from tflite_micro.tensorflow.lite.micro.compression import (
 from tflite_micro.tensorflow.lite.micro.compression import model_editor, spec
 from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
 
-from tfqnet.export.flatbuffer import FlatbufferModel
+from tfqnet.export.flatbuffer import FlatbufferModel, op_layer
 from tfqnet.tflite_format import (
     DECODE_OP,
     ELEMENT_BITS,
@@ -109,6 +109,40 @@ def compress(flatbuffer: bytes, bits: int | None = None) -> bytes:
         raise ValueError(
             f"bits must be None or an integer from 1 to {MAX_INDEX_BITS}, got {bits!r}"
         )
+    compressed, _ = _compress_where_smaller(flatbuffer, bits, MAX_INDEX_BITS)
+    if compressed is None:
+        limit = f"{bits}-bit" if bits is not None else "narrower-than-container"
+        raise ValueError(
+            f"no INT4/INT8 filter has few enough distinct values for {limit} indices "
+            "and enough weights for compression to make the model smaller"
+        )
+    if len(compressed) >= len(flatbuffer):
+        raise ValueError(
+            f"compression would not make this model smaller ({len(compressed)} bytes "
+            f"compressed vs {len(flatbuffer)}): its filters are too small for the value "
+            "tables and per-tensor decode overhead to pay off; keep it uncompressed"
+        )
+    warnings.warn(TFLM_ONLY_WARNING, stacklevel=2)
+    return compressed
+
+
+def compress_narrow(flatbuffer: bytes, max_index_bits: int) -> tuple[bytes, list[str]]:
+    """``flatbuffer`` with the filters whose values fit at most ``max_index_bits``-bit
+    indices stored so, where that makes the file smaller (the rules of
+    :func:`compress` with ``bits=None``), and the layers whose filters it compressed.
+    Returns ``flatbuffer`` unchanged and ``[]`` when none qualifies; never raises for
+    that. A compressed result runs on TFLM only."""
+    compressed, layers = _compress_where_smaller(flatbuffer, None, max_index_bits)
+    if compressed is None or len(compressed) >= len(flatbuffer):
+        return bytes(flatbuffer), []
+    return compressed, layers
+
+
+def _compress_where_smaller(
+    flatbuffer: bytes, bits: int | None, max_index_bits: int
+) -> tuple[bytes | None, list[str]]:
+    """The compressed flatbuffer and its compressed filters' layers (None, [] when no
+    filter qualifies)."""
     FlatbufferModel.from_bytes(flatbuffer)  # clear error for a non-TFLite input
     model = model_editor.read(bytes(flatbuffer))
 
@@ -126,7 +160,7 @@ def compress(flatbuffer: bytes, bits: int | None = None) -> bytes:
             axis = _lut_axis(tensor)
             needed = index_bits(codes, axis)
             if bits is None:
-                if needed >= _CONTAINER_BITS[tensor.dtype]:
+                if needed >= _CONTAINER_BITS[tensor.dtype] or needed > max_index_bits:
                     continue
                 width = needed
             elif needed <= bits:
@@ -161,20 +195,14 @@ def compress(flatbuffer: bytes, bits: int | None = None) -> bytes:
         if size < smallest:
             chosen_filters, smallest = chosen_filters + groups[buffer], size
     if not chosen_filters:
-        limit = f"{bits}-bit" if bits is not None else "narrower-than-container"
-        raise ValueError(
-            f"no INT4/INT8 filter has few enough distinct values for {limit} indices "
-            "and enough weights for compression to make the model smaller"
-        )
-    compressed = _compressed(flatbuffer, chosen_filters)
-    if len(compressed) >= len(flatbuffer):
-        raise ValueError(
-            f"compression would not make this model smaller ({len(compressed)} bytes "
-            f"compressed vs {len(flatbuffer)}): its filters are too small for the value "
-            "tables and per-tensor decode overhead to pay off; keep it uncompressed"
-        )
-    warnings.warn(TFLM_ONLY_WARNING, stacklevel=2)
-    return compressed
+        return None, []
+    graph = FlatbufferModel.from_bytes(flatbuffer)
+    layers = []
+    for f in chosen_filters:
+        consumers = [op for op in graph.operators if len(op.inputs) > 1 and
+                     op.inputs[1] == f.tensor and op.name in WEIGHTED_OPS]
+        layers.extend(f"{op_layer(graph, op)} ({f.bits}-bit)" for op in consumers)
+    return _compressed(flatbuffer, chosen_filters), layers
 
 
 class _Filter(NamedTuple):

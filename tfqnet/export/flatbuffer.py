@@ -179,3 +179,24 @@ def packed_bytes(tensor: Tensor) -> int:
     """Bytes a tensor's elements need at its type's width (INT4: two a byte)."""
     bits = tflite_format.ELEMENT_BITS.get(tensor.type, 8)
     return tflite_format.packed_bytes(element_count(tensor.shape), bits)
+
+
+def layer_name(tensor_name: str) -> str:
+    """The Keras layer an op came from, from its output tensor's name.
+
+    ``digits_cnn/quant_conv1/Relu;digits_cnn/...`` -> ``quant_conv1``.
+    """
+    first = tensor_name.split(";")[0]
+    parts = first.split("/")
+    return parts[1] if len(parts) > 2 else parts[0]
+
+
+def op_layer(graph: FlatbufferModel, op: Operator) -> str:
+    """The layer name of an op: from its output tensor, else from a constant input
+    (the model's last op often outputs 'StatefulPartitionedCall:0')."""
+    names = [graph.tensors[i].name for i in op.outputs if i >= 0]
+    names += [graph.tensors[i].name for i in op.inputs if i >= 0 and graph.tensors[i].is_constant]
+    for name in names:
+        if "/" in name.split(";")[0]:
+            return layer_name(name)
+    return layer_name(names[0]) if names else f"op{op.index}"

@@ -28,13 +28,13 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from tfqnet.export.compression import stored_weight_bytes
-from tfqnet.export.flatbuffer import FlatbufferModel, Operator, element_count
+from tfqnet.export.flatbuffer import FlatbufferModel, Operator, element_count, op_layer
 from tfqnet.micro.arena import ArenaMeasurement, ArenaProbeError, measure_arena
 from tfqnet.micro.c_arrays import align_flatbuffer
 from tfqnet.micro.isolated import describe_exit, run_python
 from tfqnet.micro.model_file import parse_model
 from tfqnet.micro.op_resolver import UnsupportedOpError, resolver_method
-from tfqnet.micro.resources import layer_resources, op_layer
+from tfqnet.micro.resources import layer_resources
 from tfqnet.micro.runtime import MicroInterpreter, random_input_codes
 from tfqnet.tflite_format import DECODE_OP
 
@@ -132,11 +132,13 @@ class CheckReport:
             out.append("3. Keras QAT model: not given")
         out.append(f"4. resources: {self.weight_bytes} weight bytes, {self.total_macs} MACs")
         if self.resources:
-            out.append(f"   {'#':>3} {'op':<20} {'layer':<22} {'bits':>4} {'bytes':>8} "
-                       f"{'params':>8} {'MACs':>10} {'bias etc.':>9}")
+            out.append(f"   {'#':>3} {'op':<20} {'layer':<22} {'stored as':<9} {'bits':>4} "
+                       f"{'values':>6} {'bytes':>8} {'params':>8} {'MACs':>10} "
+                       f"{'bias etc.':>9}")
             for r in self.resources:
                 out.append(f"   {r['index']:>3} {r['op']:<20} {r['layer'][:22]:<22} "
-                           f"{_num(r['weight_bits']):>4} {r['weight_bytes']:>8} "
+                           f"{(r['weight_type'] or '-'):<9} {_num(r['weight_bits']):>4} "
+                           f"{_num(r.get('weight_values')):>6} {r['weight_bytes']:>8} "
                            f"{r['weight_params']:>8} {r['macs']:>10} "
                            f"{r['other_const_bytes']:>9}")
         out.append("")

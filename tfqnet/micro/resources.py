@@ -9,29 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from tfqnet.export.flatbuffer import FlatbufferModel, Operator, element_count
-from tfqnet.tflite_format import DECODE_OP, ELEMENT_BITS, WEIGHTED_OPS
-
-
-def layer_name(tensor_name: str) -> str:
-    """The Keras layer an op came from, from its output tensor's name.
-
-    ``digits_cnn/quant_conv1/Relu;digits_cnn/...`` -> ``quant_conv1``.
-    """
-    first = tensor_name.split(";")[0]
-    parts = first.split("/")
-    return parts[1] if len(parts) > 2 else parts[0]
-
-
-def op_layer(graph: FlatbufferModel, op: Operator) -> str:
-    """The layer name of an op: from its output tensor, else from a constant input
-    (the model's last op often outputs 'StatefulPartitionedCall:0')."""
-    names = [graph.tensors[i].name for i in op.outputs if i >= 0]
-    names += [graph.tensors[i].name for i in op.inputs if i >= 0 and graph.tensors[i].is_constant]
-    for name in names:
-        if "/" in name.split(";")[0]:
-            return layer_name(name)
-    return layer_name(names[0]) if names else f"op{op.index}"
+from tfqnet.export.flatbuffer import FlatbufferModel, Operator, element_count, op_layer
+from tfqnet.tflite_format import DECODE_HEADER_BYTES, DECODE_OP, ELEMENT_BITS, WEIGHTED_OPS
 
 
 def layer_resources(graph: FlatbufferModel) -> list[dict]:
@@ -40,7 +19,9 @@ def layer_resources(graph: FlatbufferModel) -> list[dict]:
     A filter that a ``TFLM_DECODE`` op expands from lookup-table indices counts at the
     op that reads it, as stored: its bits are the index width, its bytes the indices
     plus the decode header and value tables (``stored_weight_bytes``); the decode op
-    gets no row of its own.
+    gets no row of its own. ``weight_values``: the distinct integer codes of a filter
+    (of its value tables when compressed), so a ternary kernel in an INT4 container
+    shows 3 beside its 4 stored bits.
     """
     decoded = {out: (op, k) for op in graph.operators if op.name == DECODE_OP
                for k, out in enumerate(op.outputs)}
@@ -59,10 +40,13 @@ def layer_resources(graph: FlatbufferModel) -> list[dict]:
             decode, k = decoded[weight.index]
             indices, tables = (graph.tensors[decode.inputs[2 * k + j]] for j in (0, 1))
             params = element_count(weight.shape)
-            rows.append(_resource_row(graph, op, macs, f"{weight.type} LUT",
-                                      round(8 * indices.buffer_bytes / params),
-                                      indices.buffer_bytes + tables.buffer_bytes, params,
-                                      sum(t.buffer_bytes for t in consts)))
+            row = _resource_row(graph, op, macs, f"{weight.type} LUT",
+                                round(8 * indices.buffer_bytes / params),
+                                indices.buffer_bytes + tables.buffer_bytes, params,
+                                sum(t.buffer_bytes for t in consts))
+            table_bytes = graph.buffers[graph.tensor_buffers[tables.index]][DECODE_HEADER_BYTES:]
+            row["weight_values"] = int(np.unique(np.frombuffer(table_bytes, np.int8)).size)
+            rows.append(row)
             continue
         if not consts and not macs:
             continue
@@ -76,6 +60,8 @@ def layer_resources(graph: FlatbufferModel) -> list[dict]:
             element_count(weight.shape) if weight is not None else 0,
             sum(t.buffer_bytes for t in consts if t is not weight),
         ))
+        if weight is not None and weight.type in ("INT4", "INT8") and op.name in WEIGHTED_OPS:
+            rows[-1]["weight_values"] = int(np.unique(graph.constant_values(weight)).size)
     return rows
 
 
@@ -91,6 +77,7 @@ def _resource_row(graph: FlatbufferModel, op: Operator, macs: int, weight_type: 
         "weight_params": params,
         "other_const_bytes": other,
         "macs": macs,
+        "weight_values": None,
     }
 
 

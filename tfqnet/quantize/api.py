@@ -12,6 +12,7 @@ from tfqnet._keras import keras, require_tf_keras_model
 from tfqnet.core.config import quantizers_of
 from tfqnet.core.layer_kinds import PASS_THROUGH_LAYERS, WEIGHTED_LAYERS
 from tfqnet.core.method import get_method
+from tfqnet.core.policy import check_policy, policy_layers
 from tfqnet.errors import UnsupportedLayerError
 from tfqnet.layers import PIXEL_EMBEDDING_OPTIONS, add_pixel_embedding
 from tfqnet.quantize.registry import QuantizeRegistry, unsupported_reason
@@ -97,11 +98,12 @@ def _output_layer_names(model: keras.Model) -> frozenset[str]:
 def quantize_model(
     model: keras.Model,
     method: str = "uniform",
-    weight_bits: int = 8,
+    weight_bits: int | None = None,
     activation_bits: int = 8,
     *,
     skip: Iterable[str] = (),
     overrides: Mapping[str, Mapping[str, int]] | None = None,
+    policy: str | None = "auto",
     pixel_embedding: bool | Mapping[str, Any] = False,
     **options: Any,
 ) -> keras.Model:
@@ -110,10 +112,18 @@ def quantize_model(
     Args:
       model: a built tf-keras Sequential or Functional model (float, ideally trained).
       method: ``"uniform"`` (learned step size) or another registered method.
-      weight_bits: kernel bits, 2..8. <= 4 bits deploy as packed INT4.
+      weight_bits: kernel bits, 2..8; None: the method's (8, 2 for ``"crq"``, the
+        fewest that hold a ``qn`` level set). 4 bits deploy as packed INT4; below 4 bits
+        ``tfqnet.convert`` stores kernels as TFLM lookup-table indices where that is
+        smaller (``compress="auto"``).
       activation_bits: activation bits, 2..8 (deployed in int8 tensors on the same grid).
       skip: names of layers to leave float during QAT (converted post-training to int8).
-      overrides: per-layer bits, e.g. ``{"conv2d": {"weight_bits": 8}}``.
+      overrides: per-layer bits, e.g. ``{"conv2d": {"weight_bits": 8}}``; they win over
+        the policy.
+      policy: which layers keep 8-bit weights (:mod:`tfqnet.core.policy`): ``"auto"``
+        (the first and the last weighted layer when ``weight_bits < 4``),
+        ``"first_last"``, ``"first_last_depthwise"``, or ``"none"``/None.
+        ``tfqnet.bit_width_report`` shows what set each layer's bits.
       pixel_embedding: True or a dict of ``dim``, ``bits``, ``input_dtype``,
         ``input_scale``, ``input_offset``: the QAT model takes raw pixels (uint8, or int8
         ``pixel - 128``) through a :class:`tfqnet.PixelEmbedding` that replaces the
@@ -127,9 +137,11 @@ def quantize_model(
     :func:`tfqnet.convert` it.
     """
     require_tf_keras_model(model)
+    check_policy(policy)
+    quantization_method = get_method(method, **options)
+    weight_bits = quantization_method.resolve_weight_bits(weight_bits)
     grid.check_bits(weight_bits, "weight_bits")
     grid.check_bits(activation_bits, "activation_bits", grid.ACTIVATION_BITS)
-    quantization_method = get_method(method, **options)
     if not isinstance(model, keras.Sequential) and not getattr(model, "_is_graph_network", False):
         raise UnsupportedLayerError(
             f"model {model.name!r} is a subclassed model; quantize_model needs a Sequential "
@@ -155,6 +167,7 @@ def quantize_model(
         overrides=overrides,
         output_layers=_output_layer_names(model),
         no_output_grid=_concat_producers(model),
+        policy=policy_layers(model, policy, weight_bits),
     )
     for name in overrides or {}:
         registry.bits_for(name)  # validate override bits before any work

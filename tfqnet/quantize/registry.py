@@ -21,6 +21,7 @@ from tfqnet.core.layer_kinds import (
     relu_kind,
 )
 from tfqnet.core.method import QuantizationMethod
+from tfqnet.core.policy import POLICY_WEIGHT_BITS
 
 L = keras.layers
 
@@ -79,8 +80,10 @@ class QuantizeRegistry(tfmot.quantization.keras.QuantizeRegistry):
     """Maps each supported layer to a :class:`LayerQuantizeConfig` of ``method``.
 
     Bits come from ``weight_bits``/``activation_bits``, except that layers named in
-    ``overrides`` use theirs and the model's output layers keep 8-bit outputs (the
-    logits a user reads should not lose resolution to a low-bit activation grid).
+    ``overrides`` use theirs, layers named in ``policy`` (``{name: why}``, from
+    :func:`tfqnet.core.policy.policy_layers`) get ``POLICY_WEIGHT_BITS``-bit weights
+    unless overridden, and the model's output layers keep 8-bit outputs (the logits a
+    user reads should not lose resolution to a low-bit activation grid).
     Dense and Conv1D kernels are quantized per tensor (see ``PER_TENSOR_LAYERS``;
     Dense per channel if ``method.per_channel_dense``), Conv2D and DepthwiseConv2D
     kernels per output channel.
@@ -94,21 +97,33 @@ class QuantizeRegistry(tfmot.quantization.keras.QuantizeRegistry):
         overrides: Mapping[str, Mapping[str, int]] | None = None,
         output_layers: frozenset[str] = frozenset(),
         no_output_grid: frozenset[str] = frozenset(),
+        policy: Mapping[str, str] | None = None,
     ):
         self.method = method
         self.default_bits = LayerBits(weight_bits, activation_bits)
         self.overrides = {name: dict(o) for name, o in (overrides or {}).items()}
         self.output_layers = output_layers
         self.no_output_grid = no_output_grid
+        self.policy = dict(policy or {})
+
+    def bits_from(self, layer_name: str) -> str:
+        """What chose the layer's weight bits: "override", the policy's reason, or
+        "default"."""
+        if "weight_bits" in self.overrides.get(layer_name, {}):
+            return "override"
+        return self.policy.get(layer_name, "default")
 
     def bits_for(self, layer_name: str) -> LayerBits:
         override = self.overrides.get(layer_name, {})
+        weight_default = POLICY_WEIGHT_BITS if layer_name in self.policy else (
+            self.default_bits.weight_bits
+        )
         activation_default = 8 if layer_name in self.output_layers else (
             self.default_bits.activation_bits
         )
         return LayerBits(
             grid.check_bits(
-                override.get("weight_bits", self.default_bits.weight_bits),
+                override.get("weight_bits", weight_default),
                 f"weight_bits of layer {layer_name!r}",
             ),
             grid.check_bits(
@@ -143,6 +158,7 @@ class QuantizeRegistry(tfmot.quantization.keras.QuantizeRegistry):
                 ),
                 activation_quantizer=activation,
                 quantize_activation=own_grid,
+                bits_from=self.bits_from(layer.name),
             )
         if layer_type in OUTPUT_QUANTIZED_LAYERS or relu_kind(layer):
             return LayerQuantizeConfig(activation_quantizer=activation, quantize_output=own_grid)

@@ -37,9 +37,10 @@ The threshold ``delta`` only serves to estimate ``a``; the ternarization thresho
 ``a / 2`` (the midpoint between targets). Once the weights have clustered, both agree.
 
 Activations use the uniform (LSQ) activation quantizer. Weights of layers given
-more than 2 bits (``overrides``) use the uniform weight quantizer.
+more than 2 bits (the layer policy, ``overrides``) use the uniform weight quantizer.
 
-Options of ``quantize_model(..., method="crq", weight_bits=2, ...)``:
+Options of ``quantize_model(..., method="crq", ...)`` (``weight_bits`` is 2, the
+default; any other raises):
 ``strength`` (lambda at the end of the ramp, default 1e-3; the loss is a *sum* over
 the layer's weights) and ``hard_fraction`` (share of the epochs trained hard, 0.25).
 """
@@ -47,7 +48,6 @@ the layer's weights) and ``hard_fraction`` (share of the epochs trained hard, 0.
 from __future__ import annotations
 
 import math
-import warnings
 
 import tensorflow as tf
 
@@ -133,6 +133,8 @@ class CRQWeightQuantizer(Quantizer):
     ``a`` (per output channel when ``per_axis``) is TWN's scale of the latest training
     weights, kept in a variable.
     """
+
+    bits = TERNARY_BITS
 
     def __init__(
         self,
@@ -277,11 +279,24 @@ class CRQSchedule(keras.callbacks.Callback):
 class CRQMethod(QuantizationMethod):
     """``method="crq"``: ternary weights by cluster-regularized re-training.
 
-    Options: ``strength`` (lambda, default 1e-3) and ``hard_fraction`` (0.25). Use
-    ``weight_bits=2``; layers with more weight bits get the uniform quantizer.
+    Options: ``strength`` (lambda, default 1e-3) and ``hard_fraction`` (0.25). The
+    model's weights are ternary (``weight_bits`` 2, the default; other values raise);
+    layers given more bits by the layer policy or ``overrides`` get the uniform
+    quantizer.
     """
 
     name = "crq"
+    default_weight_bits = TERNARY_BITS
+
+    def resolve_weight_bits(self, requested: int | None) -> int:
+        if requested not in (None, TERNARY_BITS):
+            raise ValueError(
+                f"method 'crq' is ternary: its weight_bits is 2 (the default), got "
+                f"{requested!r}. Keep single layers wider with overrides="
+                "{name: {'weight_bits': 8}}, or use method='uniform' or 'qn' for "
+                f"{requested}-bit weights."
+            )
+        return TERNARY_BITS
 
     def __init__(self, strength: float = 1e-3, hard_fraction: float = 0.25):
         if not strength >= 0.0:
@@ -290,19 +305,11 @@ class CRQMethod(QuantizationMethod):
             raise ValueError(f"hard_fraction must be in (0, 1], got {hard_fraction!r}")
         self.strength = float(strength)
         self.hard_fraction = float(hard_fraction)
-        self._warned = False
 
     def weight_quantizer(self, bits, per_axis, channel_dims):
         if bits == TERNARY_BITS:
             return CRQWeightQuantizer(
                 per_axis, channel_dims, strength=self.strength, hard_fraction=self.hard_fraction
-            )
-        if not self._warned:
-            self._warned = True
-            warnings.warn(
-                f"method 'crq' ternarizes layers with weight_bits=2; a layer with {bits}-bit "
-                "weights gets the uniform quantizer (pass weight_bits=2 for ternary weights).",
-                stacklevel=2,
             )
         return UniformWeightQuantizer(bits, per_axis=per_axis, channel_dims=channel_dims)
 

@@ -17,7 +17,7 @@ from tfqnet import grid
 from tfqnet._keras import keras
 from tfqnet.core.config import LayerQuantizeConfig
 from tfqnet.core.layer_kinds import WEIGHTED_LAYERS
-from tfqnet.tflite_format import kernel_bytes, storage_form
+from tfqnet.tflite_format import INT4_MAX_BITS, kernel_bytes, storage_form
 
 
 @dataclass
@@ -32,7 +32,7 @@ class BitWidthReport:
         return sum(row["weight_bytes"] for row in self.rows)
 
     def as_dict(self) -> dict[str, dict]:
-        """``{layer: {"weight_bits", "max_bits", "learned", "weights", "stored_as",
+        """``{layer: {"bits_from", "weight_bits", "max_bits", "learned", "weights", "stored_as",
         "weight_bytes", "container_bytes", "budget_share"}}`` (``container_bytes``: the
         kernel's bytes in its INT4/int8 container, as ``convert`` stores it without
         ``compress``)."""
@@ -40,8 +40,8 @@ class BitWidthReport:
 
     def table(self) -> str:
         """A markdown table, one row per kernel plus the total."""
-        lines = ["| layer | bits (max) | learned | weights | stored as | weight bytes | "
-                 "share of budget |", "|---|---|---|---|---|---|---|"]
+        lines = ["| layer | bits (max) | set by | learned | weights | stored as | weight bytes | "
+                 "share of budget |", "|---|---|---|---|---|---|---|---|"]
 
         def share(value):
             return "—" if value is None else f"{100 * value:.1f}%"
@@ -49,12 +49,12 @@ class BitWidthReport:
         for row in self.rows:
             lines.append(
                 f"| {row['layer']} | {row['weight_bits']} ({row['max_bits']}) | "
-                f"{'yes' if row['learned'] else 'no'} | {row['weights']} | "
+                f"{row['bits_from']} | {'yes' if row['learned'] else 'no'} | {row['weights']} | "
                 f"{row['stored_as']} | {row['weight_bytes']} | {share(row['budget_share'])} |"
             )
         budget = "no budget" if self.budget_bytes is None else f"budget {self.budget_bytes}"
         total_share = None if self.budget_bytes is None else self.total_bytes / self.budget_bytes
-        lines.append(f"| total ({budget}) | | | {sum(r['weights'] for r in self.rows)} | | "
+        lines.append(f"| total ({budget}) | | | | {sum(r['weights'] for r in self.rows)} | | "
                      f"{self.total_bytes} | {share(total_share)} |")
         return "\n".join(lines)
 
@@ -69,14 +69,15 @@ def bit_width_report(model: keras.Model) -> BitWidthReport:
     (learned SRQ widths read from the variables: frozen, else the gate logits; other
     quantizers their fixed ``bits``); weighted layers left float (``skip``) count as
     int8 (the converter quantizes them post-training). Bytes are those the flatbuffer's
-    kernel tensors take (INT4: two weights a byte), so the total equals
-    ``tfqnet.FlatbufferModel.from_bytes(tfqnet.convert(model, x)).weight_bytes()``.
-    Kernels with ``storage="compressed"`` (SRQ) count as
-    :func:`tfqnet.tflite_format.storage_form` stores them (lookup-table indices where
-    that shrinks the file): an upper bound of
-    ``tfqnet.export.compression.stored_weight_bytes(tfqnet.convert(model, x,
-    compress=True))``, equal when every table holds all codes of its width. The budget
-    is the smallest ``weight_budget_bytes`` of a learned width.
+    kernel tensors take as ``tfqnet.convert(model, x)`` stores them: INT4 two weights a
+    byte, int8 one; fixed-width kernels below 4 bits (``compress="auto"``) and those with
+    ``storage="compressed"`` (SRQ) as :func:`tfqnet.tflite_format.storage_form` stores
+    them (lookup-table indices where that shrinks the file). With no compressed kernel
+    the total equals ``FlatbufferModel.from_bytes(flatbuffer).weight_bytes()``, else it
+    bounds ``tfqnet.export.compression.stored_weight_bytes(flatbuffer)`` from above,
+    equal when every table holds all codes of its width. ``bits_from`` says what set a
+    layer's bits (``"default"``, ``"override"``, the layer policy's reason, ``"skip"``).
+    The budget is the smallest ``weight_budget_bytes`` of a learned width.
     """
     rows = []
     budgets = set()
@@ -84,23 +85,30 @@ def bit_width_report(model: keras.Model) -> BitWidthReport:
         inner = getattr(layer, "layer", layer)
         if type(inner) not in WEIGHTED_LAYERS:
             continue
-        attr = WEIGHTED_LAYERS[type(inner)][0]
-        size = int(np.prod(getattr(inner, attr).shape))
+        attr, channel_dims = WEIGHTED_LAYERS[type(inner)]
+        shape = tuple(getattr(inner, attr).shape)
+        size = int(np.prod(shape))
         config = getattr(layer, "quantize_config", None)
         quantizer = config.weight_quantizer if isinstance(config, LayerQuantizeConfig) else None
+        per_axis = bool(getattr(quantizer, "per_axis", False))
         if quantizer is None:  # left float: the converter stores it in int8
             width = max_bits = 8
-            learned, storage, tables = False, "int4", 1
+            learned, storage, tables, bits_from = False, "int4", 1, "skip"
         else:
             width, max_bits = quantizer.kernel_bits(), quantizer.max_kernel_bits()
-            learned, storage, tables = (quantizer.learns_width, quantizer.storage,
-                                        quantizer.tables)
+            learned, storage = quantizer.learns_width, quantizer.storage
+            tables = quantizer.tables if storage == "compressed" else (
+                int(np.prod(shape[-channel_dims:])) if per_axis else 1)
+            if width < INT4_MAX_BITS and not learned:
+                storage = "compressed"  # convert's compress="auto"; learned widths
+                # follow their method's storage option
+            bits_from = config.bits_from
             budgets.add(quantizer.weight_budget_bytes())
-        dense = grid.is_per_channel_dense(
-            len(getattr(inner, attr).shape), bool(getattr(quantizer, "per_axis", False)))
+        dense = grid.is_per_channel_dense(len(shape), per_axis)
         stored_as, weight_bytes = storage_form(size, width, storage, tables, dense)
         rows.append({
             "layer": inner.name,
+            "bits_from": bits_from,
             "weight_bits": width,
             "max_bits": max_bits,
             "learned": learned,

@@ -42,11 +42,13 @@ Method options (``quantize_model(..., **options)``):
   ``"3bit"`` {-2..2}, ``"3bit_pow2"`` {-4, -2, -1, 0, 1, 2, 4}, ``"<k>bit_uniform"``
   {-(2**(k-1)-1) .. 2**(k-1)-1}, or an explicit list of integers. Default ``None``:
   the ``weight_bits``-bit uniform set (so ``weight_bits=2`` means ternary).
-  How it meets ``weight_bits``: the set replaces the uniform set in every layer whose
-  weight bits are below 8; ``weight_bits`` must be able to hold it (``3bit_pow2``
-  needs 4 bits: ``max|Y| <= 2**(bits-1) - 1``), else ``quantize_model`` raises.
-  Layers at 8 bits (e.g. first/last layer kept at 8 bits through ``overrides``, see
-  :func:`first_last_overrides`) get the 8-bit uniform set.
+  How it meets ``weight_bits``: a level set decides the model's bits when
+  ``weight_bits`` is left out (the fewest that hold it: ternary 2, ``3bit`` 3,
+  ``3bit_pow2`` 4, as ``max|Y| <= 2**(bits-1) - 1``); an explicit ``weight_bits`` must
+  hold the set and be below 8, else ``quantize_model`` raises. The set replaces the
+  uniform set in every layer whose weight bits are below 8; layers at 8 bits (the
+  layer policy's first and last layer, ``overrides``, :func:`first_last_overrides`)
+  get the 8-bit uniform set.
 * ``learn_thresholds`` (False): learn the weight thresholds (the paper froze them,
   learning them did not help): no consistent gain on digits either. The deployment is
   exact either way (weights are ``alpha * level``).

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from tfqnet._keras import keras
-from tfqnet.core.layer_kinds import weighted_layer_names
 from tfqnet.core.method import QuantizationMethod, register_method
+from tfqnet.core.policy import policy_layers
 from tfqnet.quantizers.qn.levels import parse_levels, required_bits, uniform_levels
 from tfqnet.quantizers.qn.quantizers import (
     HARD_FRACTION,
@@ -20,15 +20,14 @@ from tfqnet.quantizers.qn.quantizers import (
 
 def first_last_overrides(model: keras.Model, bits: int = 8) -> dict[str, dict[str, int]]:
     """``overrides`` for :func:`tfqnet.quantize_model` keeping the first and the last
-    weighted layer (Conv/Dense, in ``model.layers`` order) at ``bits`` weights and
-    activations; the paper left them float, a microcontroller has no float.
+    weighted layer (Conv/Dense, in ``model.layers`` order) at ``bits`` weights *and*
+    activations, as the paper kept them float. (``quantize_model``'s default layer
+    policy, :mod:`tfqnet.core.policy`, keeps their weights at 8 bits below 4-bit
+    models; this also widens their activations.)
 
     ``quantize_model(m, "qn", 2, 8, overrides=first_last_overrides(m))``.
     """
-    weighted = weighted_layer_names(model)
-    if not weighted:
-        return {}
-    ends = dict.fromkeys([weighted[0], weighted[-1]])
+    ends = policy_layers(model, "first_last", bits)
     return {name: {"weight_bits": bits, "activation_bits": bits} for name in ends}
 
 
@@ -60,6 +59,27 @@ class QNMethod(QuantizationMethod):
             "hard_fraction": hard_fraction,
         }
         _check_schedule(temperature_step, max_temperature, hard_fraction)  # now, not per layer
+
+    def resolve_weight_bits(self, requested: int | None) -> int:
+        """A level set decides the bits: ``required_bits(levels)`` for None. With an
+        explicit 8 the set would reach no layer (8-bit layers use the uniform set), and
+        fewer bits than the set needs cannot hold it: both raise."""
+        if self.levels is None:
+            return super().resolve_weight_bits(requested)
+        needed = required_bits(self.levels)
+        if requested is None:
+            return needed
+        if requested == 8:
+            raise ValueError(
+                f"QN levels {list(self.levels)} with weight_bits=8: 8-bit layers use the "
+                f"uniform 8-bit set, so the level set would be dropped. Leave weight_bits "
+                f"out (the set needs {needed} bits) or drop levels."
+            )
+        if requested < needed:
+            raise ValueError(
+                f"QN levels {list(self.levels)} need weight_bits >= {needed}, got {requested}."
+            )
+        return requested
 
     def weight_levels(self, bits: int) -> tuple[int, ...]:
         """The level set of a layer with ``bits`` weight bits (see the module docstring)."""

@@ -1,0 +1,64 @@
+"""Layer policies: which weighted layers keep wider weights than the model's.
+
+At 2-3 bits a few layers carry most of the accuracy loss: the first weighted layer
+(few input channels, the raw signal), the last (the logits) and, on MobileNet-style
+models, depthwise kernels (9 weights per output channel). A policy names them, and
+:func:`tfqnet.quantize_model` gives them ``POLICY_WEIGHT_BITS``-bit weights unless
+``overrides`` says otherwise (a microcontroller has no float, so the papers' float
+first and last layers become 8-bit ones). Activations keep the model's bits.
+
+Policies (``quantize_model(..., policy=...)``):
+
+* ``"auto"`` (default): ``"first_last"`` when the model's weight bits are below
+  ``LOW_BITS``, else ``"none"``;
+* ``"first_last"``: the first and the last weighted layer, in ``model.layers`` order;
+* ``"first_last_depthwise"``: those and every DepthwiseConv2D;
+* ``"none"`` (or None): every layer at the model's bits.
+"""
+
+from __future__ import annotations
+
+from tfqnet._keras import keras
+from tfqnet.core.layer_kinds import WEIGHTED_LAYERS
+
+L = keras.layers
+
+#: weight bits of a layer a policy keeps wider
+POLICY_WEIGHT_BITS = 8
+#: "auto" applies "first_last" to models with fewer weight bits than this
+LOW_BITS = 4
+POLICIES = ("auto", "first_last", "first_last_depthwise", "none")
+
+
+def check_policy(policy: str | None) -> str:
+    """The policy's name ("none" for None); ValueError naming the choices otherwise."""
+    if policy is None:
+        return "none"
+    if policy not in POLICIES:
+        raise ValueError(f"unknown layer policy {policy!r}; choose one of {list(POLICIES)}.")
+    return policy
+
+
+def resolved_policy(policy: str | None, weight_bits: int) -> str:
+    """The concrete policy ``policy`` means for a model of ``weight_bits`` weights."""
+    policy = check_policy(policy)
+    if policy == "auto":
+        return "first_last" if weight_bits < LOW_BITS else "none"
+    return policy
+
+
+def policy_layers(model: keras.Model, policy: str | None, weight_bits: int) -> dict[str, str]:
+    """``{layer name: why}`` of the weighted layers ``policy`` keeps at
+    ``POLICY_WEIGHT_BITS`` bits, for a model whose weights get ``weight_bits``."""
+    policy = resolved_policy(policy, weight_bits)
+    weighted = [layer for layer in model.layers if type(layer) in WEIGHTED_LAYERS]
+    if policy == "none" or not weighted:
+        return {}
+    found: dict[str, str] = {}
+    if policy == "first_last_depthwise":
+        for layer in weighted:
+            if isinstance(layer, L.DepthwiseConv2D):
+                found[layer.name] = "policy: depthwise"
+    found[weighted[-1].name] = "policy: last weighted layer"
+    found[weighted[0].name] = "policy: first weighted layer"
+    return found
