@@ -45,6 +45,9 @@ _EXPORTS = {
     "run_tflm": "tfqnet.micro.runtime",
     "PixelEmbedding": "tfqnet.layers",
     "callbacks": "tfqnet.quantize.api",
+    "DistillationAccuracy": "tfqnet.quantize.distillation",
+    "DistillationLoss": "tfqnet.quantize.distillation",
+    "distillation_targets": "tfqnet.quantize.distillation",
     "convert": "tfqnet.export.api",
     "load_model": "tfqnet.quantize.api",
     "method_names": "tfqnet.core.method",
@@ -60,6 +63,8 @@ _KERAS_MODULES = ("tfqnet._keras", "tfqnet.quantizers", "tfqnet.layers", "tfqnet
 
 __all__ = [
     "ConversionError",
+    "DistillationAccuracy",
+    "DistillationLoss",
     "FlatbufferModel",
     "InvalidModelFileError",
     "Keras3ModelError",
@@ -70,6 +75,7 @@ __all__ = [
     "bit_width_report",
     "callbacks",
     "convert",
+    "distillation_targets",
     "load_model",
     "method_names",
     "quantize_model",
@@ -126,4 +132,9 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ provide
     from tfqnet.layers import PixelEmbedding
     from tfqnet.micro.runtime import MicroInterpreter, run_tflm
     from tfqnet.quantize.api import callbacks, load_model, quantize_model, quantize_scope
+    from tfqnet.quantize.distillation import (
+        DistillationAccuracy,
+        DistillationLoss,
+        distillation_targets,
+    )
     from tfqnet.quantizers.report import bit_width_report
