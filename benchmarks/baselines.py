@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import tensorflow_model_optimization as tfmot
@@ -64,17 +64,32 @@ def tfmot_default(model: keras.Model) -> keras.Model:
     return _tfmot_q.quantize_model(model)
 
 
-def tfmot_n_bit(model: keras.Model, weight_bits: int = 4, activation_bits: int = 8) -> keras.Model:
+def tfmot_n_bit(model: keras.Model, weight_bits: int = 4, activation_bits: int = 8,
+                keep_8_bit: Iterable[str] = ()) -> keras.Model:
     """TFMOT's experimental n-bit QAT scheme (weights/activations at the given bits).
 
     Weights of <= 4 bits convert to packed INT4; 4-bit activations do not convert
-    (the TFLite kernels take int8 activations only).
+    (the TFLite kernels take int8 activations only). ``keep_8_bit``: layers whose
+    kernels get 8 bits instead (a layer policy; TFMOT has none): their wrappers'
+    kernel quantizers are set to 8 bits before the first trace (``LastValueQuantizer``
+    reads ``num_bits`` when called).
     """
     scheme = _tfmot_q.experimental.default_n_bit.DefaultNBitQuantizeScheme(
         num_bits_weight=weight_bits, num_bits_activation=activation_bits
     )
     annotated = _tfmot_q.quantize_annotate_model(model)
-    return _tfmot_q.quantize_apply(annotated, scheme)
+    qat = _tfmot_q.quantize_apply(annotated, scheme)
+    keep = set(keep_8_bit)
+    found = set()
+    for layer in qat.layers:
+        inner = getattr(layer, "layer", None)
+        if inner is not None and inner.name in keep:
+            for _, quantizer, _ in getattr(layer, "_weight_vars", ()):
+                quantizer.num_bits = 8
+                found.add(inner.name)
+    if found != keep:
+        raise ValueError(f"no TFMOT kernel quantizer found for {sorted(keep - found)}")
+    return qat
 
 
 class _TernaryConfig(_tfmot_q.QuantizeConfig):

@@ -11,7 +11,9 @@ Every row starts from the same float model of a task and seed (trained by
 * ``TFMOT n-bit W4A8`` / ``W4A4`` / ``W2A8``: TFMOT's experimental n-bit scheme. W2A8 is
   TFMOT's straight-through ternary (``LastValueQuantizer(num_bits=2, narrow_range=True,
   symmetric=True, per_axis=False)``, the quantizer ``benchmarks/bench_qn.py`` configures
-  by hand), with BatchNormalization folded by the scheme on any model. W4A4 does not
+  by hand), with BatchNormalization folded by the scheme on any model, and with the
+  layer policy tfqnet's ternary rows get by default (first and last weighted layer at
+  8 bits, :mod:`tfqnet.core.policy`), so the rows compare like with like. W4A4 does not
   convert (4-bit activations are no TFLite tensor type); the table says so.
 * tfqnet: ``uniform`` W8A8 and W4A8, ``qn`` ternary (W2A8) and 3bit_pow2 (W4A8),
   ``crq`` W2A8 (and the same model exported with 2-bit compressed weights), ``srq``
@@ -40,6 +42,7 @@ import tfqnet
 from benchmarks.baselines import tflite_float, tflite_int8, tfmot_default, tfmot_n_bit
 from benchmarks.tasks import PIXEL_SCALE, Task
 from tfqnet._keras import keras
+from tfqnet.core.policy import policy_layers
 from tfqnet.export.compression import stored_weight_bytes
 from tfqnet.micro.arena import measure_arena
 from tfqnet.micro.c_arrays import align_flatbuffer
@@ -312,8 +315,8 @@ def all_rows() -> list[Row]:
         qat_row("TFMOT n-bit W4A4", "", lambda ctx: tfmot_n_bit(ctx.float_model, 4, 4),
                 _tfmot_convert, tfqnet_row=False),
         qat_row("TFMOT n-bit W2A8 (straight-through ternary)", "",
-                lambda ctx: tfmot_n_bit(ctx.float_model, 2, 8), _tfmot_convert,
-                tfqnet_row=False),
+                lambda ctx: tfmot_n_bit(ctx.float_model, 2, 8, keep_8_bit=policy_layers(
+                    ctx.float_model, "auto", 2)), _tfmot_convert, tfqnet_row=False),
         qat_row("tfqnet uniform W8A8", "#2", _tfqnet("uniform", 8), _tfqnet_convert),
         qat_row("tfqnet uniform W4A8", "#2", _tfqnet("uniform", 4), _tfqnet_convert),
         qat_row("tfqnet qn ternary W2A8", "#3", _tfqnet("qn", 2), _tfqnet_convert),
