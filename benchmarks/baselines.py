@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import statistics
 import time
@@ -70,9 +71,9 @@ def tfmot_n_bit(model: keras.Model, weight_bits: int = 4, activation_bits: int =
 
     Weights of <= 4 bits convert to packed INT4; 4-bit activations do not convert
     (the TFLite kernels take int8 activations only). ``keep_8_bit``: layers whose
-    kernels get 8 bits instead (a layer policy; TFMOT has none): their wrappers'
-    kernel quantizers are set to 8 bits before the first trace (``LastValueQuantizer``
-    reads ``num_bits`` when called).
+    kernels get 8 bits instead (a layer policy; TFMOT has none): their wrappers get
+    8-bit copies of their kernel quantizers before the first trace
+    (``LastValueQuantizer`` reads ``num_bits`` when called).
     """
     scheme = _tfmot_q.experimental.default_n_bit.DefaultNBitQuantizeScheme(
         num_bits_weight=weight_bits, num_bits_activation=activation_bits
@@ -84,9 +85,15 @@ def tfmot_n_bit(model: keras.Model, weight_bits: int = 4, activation_bits: int =
     for layer in qat.layers:
         inner = getattr(layer, "layer", None)
         if inner is not None and inner.name in keep:
-            for _, quantizer, _ in getattr(layer, "_weight_vars", ()):
+            # TFMOT's registry shares one quantizer object between all layers of a type:
+            # the kept layer gets an 8-bit copy of its own
+            widened = []
+            for weight, quantizer, variables in getattr(layer, "_weight_vars", ()):
+                quantizer = copy.copy(quantizer)
                 quantizer.num_bits = 8
+                widened.append((weight, quantizer, variables))
                 found.add(inner.name)
+            layer._weight_vars = widened
     if found != keep:
         raise ValueError(f"no TFMOT kernel quantizer found for {sorted(keep - found)}")
     return qat

@@ -3,6 +3,9 @@
 * ``digits``: :func:`tfqnet.models.digits_cnn` on scikit-learn's 8x8 digits.
 * ``mobilenet``: :func:`tfqnet.models.mobilenet_v2_tiny` (depthwise convolutions,
   residual adds) on the same digits upsampled to 16x16 (bilinear, deterministic).
+* ``hard``: the same model on those 16x16 digits, each rotated (up to 20 degrees),
+  shifted (up to 2 pixels) and noised (Gaussian, sigma 0.15, clipped to [0, 1]) by a
+  seeded generator: a task where low-bit weights lose accuracy that digits hides.
 
 Both use the stratified split of :func:`tfqnet.datasets.load_digits`. Images are
 ``value / 16`` in [0, 1]; the raw 8-bit pixels for the pixel-embedding rows are
@@ -79,3 +82,25 @@ def mobilenet_task() -> Task:
 
 
 TASKS: dict[str, Callable[[], Task]] = {"digits": digits_task, "mobilenet": mobilenet_task}
+
+
+def _distort(x: np.ndarray, seed: int) -> np.ndarray:
+    from scipy import ndimage  # lazy: only this task needs it
+
+    rng = np.random.default_rng(seed)
+    out = np.empty_like(x)
+    for i, image in enumerate(x[..., 0]):
+        image = ndimage.rotate(image, rng.uniform(-20, 20), reshape=False, order=1)
+        image = ndimage.shift(image, rng.uniform(-2, 2, size=2), order=1)
+        out[i, ..., 0] = image + rng.normal(0.0, 0.15, image.shape)
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def hard_task() -> Task:
+    base = mobilenet_task()
+    return Task(
+        "hard", "distorted digits",
+        "MobileNetV2-style on distorted digits (16x16, rotated, shifted, noised)",
+        mobilenet_v2_tiny, 2e-3,
+        _distort(base.x_train, 1), base.y_train, _distort(base.x_test, 2), base.y_test,
+    )
