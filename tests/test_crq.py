@@ -10,6 +10,7 @@ import tfqnet
 from tests.helpers import fine_tune, top1_agreement
 from tfqnet._keras import keras
 from tfqnet.export.compression import compress, compress_ternary, stored_weight_bytes
+from tfqnet.micro.resources import layer_resources
 from tfqnet.quantizers.crq import (
     ClusterRegularizer,
     CRQSchedule,
@@ -189,6 +190,14 @@ def test_compressed_model_is_bit_identical_and_smaller(int4_model, digits):
     out = tfqnet.run_tflm(compressed, x, raw=True)
     assert out.dtype == np.int8
     np.testing.assert_array_equal(out, reference)
+
+    # the check's resources table: 2-bit LUT rows and INT4 rows, all with 3 values at most
+    rows = layer_resources(model)
+    lut = [r for r in rows if r["weight_type"] == "INT8 LUT"]
+    int4 = [r for r in rows if r["weight_type"] == "INT4"]
+    assert len(lut) == 2 and {r["weight_bits"] for r in lut} == {2}
+    assert len(int4) == 2 and {r["weight_bits"] for r in int4} == {4}
+    assert all(r["weight_values"] in (2, 3) for r in lut + int4), rows
 
     int4_bytes = stored_weight_bytes(int4_model)
     compressed_bytes = stored_weight_bytes(compressed)

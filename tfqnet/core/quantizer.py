@@ -134,7 +134,8 @@ class Quantizer(_TFMOT_QUANTIZER, abc.ABC):
     @classmethod
     def prepare_export(cls, model: keras.Model, compress: bool | int = False) -> None:
         """Called by :func:`tfqnet.convert` before the converter traces ``model``, with
-        its ``compress`` argument: refresh static choices made from variables, or raise
+        its ``compress`` argument (``"auto"`` resolved to True or False for the model):
+        refresh static choices made from variables, or raise
         :class:`~tfqnet.errors.ConversionError` for a model this type cannot export so.
         Default: nothing to do."""
 

@@ -139,13 +139,12 @@ def convert(
         if value not in tflite.IO_TYPES:
             raise ValueError(f"{name} must be one of {sorted(tflite.IO_TYPES)}, got {value!r}.")
     samples = _as_input_list(qat_model, representative_data)
-    auto_bits = None
-    if isinstance(compress, str):
-        if compress != "auto":
-            raise ValueError(f"compress must be 'auto', True, False or 1..7, got {compress!r}.")
-        auto_bits = _auto_index_bits(qat_model)
+    if isinstance(compress, str) and compress != "auto":
+        raise ValueError(f"compress must be 'auto', True, False or 1..7, got {compress!r}.")
+    auto_bits = _auto_index_bits(qat_model) if compress == "auto" else None
     _check_initialized(qat_model)
-    _prepare_export(qat_model, auto_bits is not None if compress == "auto" else compress)
+    # the hooks get what "auto" decided: whether the conversion compresses
+    _prepare_export(qat_model, (auto_bits is not None) if compress == "auto" else compress)
     keras_model = qat_model
     if raw_pixels:
         keras_model, samples = raw_input.int8_input_model(qat_model, samples, input_type)
