@@ -428,7 +428,7 @@ def test_temperature_is_annealed_and_survives_save_load(ternary, float_digits_mo
     assert len(temperatures) == 9  # 4 kernels + 5 activation grids (input, 4 outputs)
     assert {float(v) for v in temperatures} == {2 * K_STEP}  # epochs 0, 1 -> (1 + 1) * k
     flags = [v for v in qat.variables if v.name.endswith("_hard:0")]
-    assert len(flags) == 9 and {float(v) for v in flags} == {1.0}  # epoch 1 of 2 is hard
+    assert len(flags) == 9 and {float(v) for v in flags} == {1.0}  # the last epoch is hard
     # Saved with the model's weights; whole-model h5/.keras loading of QAT models fails
     # for every tfqnet method at the time of writing (TFMOT wrapper variable order).
     path = str(tmp_path / "qn.weights.h5")

@@ -33,8 +33,9 @@ SAMPLES, BATCH, LR = 128, 64, 5e-4
 #: quantize_model options per method; a method registered later gets DEFAULT_OPTIONS
 OPTIONS = {
     "uniform": {"weight_bits": 4, "activation_bits": 8},
-    "qn": {"weight_bits": 2, "activation_bits": 8},
-    "crq": {"weight_bits": 2, "activation_bits": 8},
+    # soft phases first, so the interrupted run stops inside a moving schedule
+    "qn": {"weight_bits": 2, "activation_bits": 8, "hard_fraction": 0.5},
+    "crq": {"weight_bits": 2, "activation_bits": 8, "hard_fraction": 0.25},
     "srq": {"weight_bits": 4, "activation_bits": 8, "drop_probability": 0.0},
 }
 DEFAULT_OPTIONS = {"weight_bits": 4, "activation_bits": 8}

@@ -9,8 +9,9 @@ first and last layers become 8-bit ones). Activations keep the model's bits.
 
 Policies (``quantize_model(..., policy=...)``):
 
-* ``"auto"`` (default): ``"first_last"`` when the model's weight bits are below
-  ``LOW_BITS``, else ``"none"``;
+* ``"auto"`` (default): ``"first_last_depthwise"`` when the model's weight bits are
+  below ``LOW_BITS``, else ``"none"`` (depthwise kernels: chosen on a validation split,
+  ``docs/defaults.md``);
 * ``"first_last"``: the first and the last weighted layer, in ``model.layers`` order;
 * ``"first_last_depthwise"``: those and every DepthwiseConv2D;
 * ``"none"`` (or None): every layer at the model's bits.
@@ -25,7 +26,7 @@ L = keras.layers
 
 #: weight bits of a layer a policy keeps wider
 POLICY_WEIGHT_BITS = 8
-#: "auto" applies "first_last" to models with fewer weight bits than this
+#: "auto" applies "first_last_depthwise" to models with fewer weight bits than this
 LOW_BITS = 4
 POLICIES = ("auto", "first_last", "first_last_depthwise", "none")
 
@@ -43,7 +44,7 @@ def resolved_policy(policy: str | None, weight_bits: int) -> str:
     """The concrete policy ``policy`` means for a model of ``weight_bits`` weights."""
     policy = check_policy(policy)
     if policy == "auto":
-        return "first_last" if weight_bits < LOW_BITS else "none"
+        return "first_last_depthwise" if weight_bits < LOW_BITS else "none"
     return policy
 
 

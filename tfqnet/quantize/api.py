@@ -121,7 +121,8 @@ def quantize_model(
       overrides: per-layer bits, e.g. ``{"conv2d": {"weight_bits": 8}}``; they win over
         the policy.
       policy: which layers keep 8-bit weights (:mod:`tfqnet.core.policy`): ``"auto"``
-        (the first and the last weighted layer when ``weight_bits < 4``),
+        (the first and the last weighted layer and depthwise kernels when
+        ``weight_bits < 4``),
         ``"first_last"``, ``"first_last_depthwise"``, or ``"none"``/None.
         ``tfqnet.bit_width_report`` shows what set each layer's bits.
       pixel_embedding: True or a dict of ``dim``, ``bits``, ``input_dtype``,

@@ -42,7 +42,9 @@ more than 2 bits (the layer policy, ``overrides``) use the uniform weight quanti
 Options of ``quantize_model(..., method="crq", ...)`` (``weight_bits`` is 2, the
 default; any other raises):
 ``strength`` (lambda at the end of the ramp, default 1e-3; the loss is a *sum* over
-the layer's weights) and ``hard_fraction`` (share of the epochs trained hard, 0.25).
+the layer's weights) and ``hard_fraction`` (share of the epochs trained hard, 1.0:
+ternary forward with the regularizer at full strength from the first step, best on
+the validation splits, ``docs/defaults.md``; below 1 the ramp runs over the rest).
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ from tfqnet.quantizers.kernel_views import as_channels, channel_view
 from tfqnet.quantizers.uniform import UniformActivationQuantizer, UniformWeightQuantizer
 
 TERNARY_BITS = 2
+HARD_FRACTION = 1.0
 TWN_DELTA = 0.7
 _MIN_ALPHA = 1e-8
 
@@ -141,7 +144,7 @@ class CRQWeightQuantizer(Quantizer):
         per_axis: bool = True,
         channel_dims: int = 1,
         strength: float = 1e-3,
-        hard_fraction: float = 0.25,
+        hard_fraction: float = HARD_FRACTION,
     ):
         if not 0.0 < hard_fraction <= 1.0:
             raise ValueError(f"hard_fraction must be in (0, 1], got {hard_fraction!r}")
@@ -198,7 +201,7 @@ class CRQWeightQuantizer(Quantizer):
     @classmethod
     def callbacks(cls, model: keras.Model, epochs: int) -> list[keras.callbacks.Callback]:
         fractions = {q.hard_fraction for q in quantizers_of(model) if isinstance(q, cls)}
-        return [CRQSchedule(epochs, hard_fraction=max(fractions, default=0.25))]
+        return [CRQSchedule(epochs, hard_fraction=max(fractions, default=HARD_FRACTION))]
 
 
 def crq_kernels(model: keras.Model) -> list[tuple[tf.Variable, CRQWeightQuantizer]]:
@@ -246,7 +249,7 @@ class CRQSchedule(keras.callbacks.Callback):
     (:func:`soft_span`): ``ramp = min(1, t / S)`` and ``hard = [t >= S]``.
     """
 
-    def __init__(self, epochs: int, hard_fraction: float = 0.25):
+    def __init__(self, epochs: int, hard_fraction: float = HARD_FRACTION):
         super().__init__()
         self.epochs = int(epochs)
         self.span = soft_span(self.epochs, hard_fraction)
@@ -279,7 +282,7 @@ class CRQSchedule(keras.callbacks.Callback):
 class CRQMethod(QuantizationMethod):
     """``method="crq"``: ternary weights by cluster-regularized re-training.
 
-    Options: ``strength`` (lambda, default 1e-3) and ``hard_fraction`` (0.25). The
+    Options: ``strength`` (lambda, default 1e-3) and ``hard_fraction`` (1.0). The
     model's weights are ternary (``weight_bits`` 2, the default; other values raise);
     layers given more bits by the layer policy or ``overrides`` get the uniform
     quantizer.
@@ -298,7 +301,7 @@ class CRQMethod(QuantizationMethod):
             )
         return TERNARY_BITS
 
-    def __init__(self, strength: float = 1e-3, hard_fraction: float = 0.25):
+    def __init__(self, strength: float = 1e-3, hard_fraction: float = HARD_FRACTION):
         if not strength >= 0.0:
             raise ValueError(f"strength must be >= 0, got {strength!r}")
         if not 0.0 < hard_fraction <= 1.0:

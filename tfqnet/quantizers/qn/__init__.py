@@ -21,7 +21,7 @@ them by a relative amount (a plain ``alpha`` diverged: ``docs/defaults.md``). Th
 paper's reference code clips the weight gradient (global norm 5): pass ``clipnorm=5``
 to the Keras optimizer for the same.
 
-Final hard phase (option ``hard_fraction``, default 0.5): the last
+Final hard phase (option ``hard_fraction``, default 1.0: every epoch): the last
 ``floor(hard_fraction * E)`` of the ``E`` epochs given to :func:`tfqnet.callbacks` train
 the inference forward (the ``T -> inf`` step function: weights ``alpha * level``,
 activations TFLite's rounding), so training ends on the function that is deployed.
@@ -66,9 +66,11 @@ Method options (``quantize_model(..., **options)``):
   and 10 (AlexNet); 10 scored best or within noise on digits.
 * ``max_temperature`` (2000.0): the cap on ``T`` (the reference code's; short
   re-trainings never reach it).
-* ``hard_fraction`` (0.5): the share of the epochs trained in the final hard phase
-  (0: the paper's soft forward throughout). 0.5: training ends on the deployed function
-  and the first half keeps the paper's annealed soft forward.
+* ``hard_fraction`` (1.0): the share of the epochs trained in the final hard phase
+  (0: the paper's soft forward throughout; 0.5: the first half keeps the paper's
+  annealed soft forward). 1.0: every step trains the deployed function, with the
+  soft function's gradient at the scheduled T; best on both validation splits
+  (``docs/defaults.md``).
 
 Activations use the ``activation_bits``-bit uniform set ``{-z .. 2**bits - 1 - z}``
 with an integer zero point ``z`` fixed on the first batch (``z = 0`` after ReLU, the

@@ -30,7 +30,7 @@ TERNARY_THRESHOLD = 0.05
 #: level sets with more steps than this and uniform midpoint thresholds use the window
 EXACT_MAX_STEPS = 2 * WINDOW + 1
 #: default of option ``hard_fraction`` (module docstring of tfqnet.quantizers.qn)
-HARD_FRACTION = 0.5
+HARD_FRACTION = 1.0
 
 
 # --- quantizers ------------------------------------------------------------------------
