@@ -110,20 +110,22 @@ def test_converted_model_matches_the_single_device_run(method):
 
 
 def test_uniform_crq_srq_convert_to_the_same_integer_model(report):
-    """crq and srq (random bit dropping off) convert byte for byte. uniform does on some
-    machines; on others the trained float32 input step (LSQ's gradient, a sum over the
-    whole batch on one device and over each shard under the strategy) ends one ulp
-    apart: measured on an AMD EPYC CI machine, 9 scales within 4.7e-7 relative, with
-    identical codes. Its integer model must still compute exactly the same: identical
-    layout and codes, and identical TFLM outputs (qn's looser check is above)."""
-    for name in ("crq", "srq"):
-        assert report[name]["flatbuffers_equal"], report[name]["flatbuffer_diff"]
-    uniform = report["uniform"]
-    if not uniform["flatbuffers_equal"]:
-        diff = uniform["flatbuffer_diff"]
-        assert diff["layout_differing"] == [] and diff["codes_differing"] == 0, diff
-        assert diff["largest_scale_rel_difference"] <= 1e-6, diff
-        assert uniform["runs"]["single"]["tflm"] == uniform["runs"]["mirrored"]["tflm"]
+    """srq (random bit dropping off) converts byte for byte. uniform and crq do on some
+    machines; on others a trained float32 value ends one ulp apart, because a gradient
+    is a sum over the whole batch on one device and over each shard under the strategy:
+    uniform's input step (LSQ), crq's ternary scales (straight-through from the first
+    step since its default hard_fraction is 1). Measured on an AMD EPYC CI machine:
+    uniform 9 scales within 4.7e-7 relative, crq within 5.4e-7, codes identical. Their
+    integer models must still compute exactly the same: identical layout and codes, and
+    identical TFLM outputs (qn's looser check is above)."""
+    assert report["srq"]["flatbuffers_equal"], report["srq"]["flatbuffer_diff"]
+    for name in ("uniform", "crq"):
+        result = report[name]
+        if not result["flatbuffers_equal"]:
+            diff = result["flatbuffer_diff"]
+            assert diff["layout_differing"] == [] and diff["codes_differing"] == 0, diff
+            assert diff["largest_scale_rel_difference"] <= 1e-6, diff
+            assert result["runs"]["single"]["tflm"] == result["runs"]["mirrored"]["tflm"]
 
 
 @pytest.mark.parametrize("name", tfqnet.method_names())

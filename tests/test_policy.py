@@ -59,7 +59,8 @@ def test_depthwise_policy_and_unknown_policy():
     bits = _bits(tfqnet.quantize_model(model, "uniform", 2, policy="first_last_depthwise"))
     assert bits == {"stem": (8, "policy: first weighted layer"), "dw": (8, "policy: depthwise"),
                     "pw": (2, "default"), "head": (8, "policy: last weighted layer")}
-    assert _bits(tfqnet.quantize_model(model, "uniform", 3)) == bits  # "auto" below 4 bits
+    assert _bits(tfqnet.quantize_model(model, "uniform", 2)) == bits  # "auto" below 4 bits
+    assert _bits(tfqnet.quantize_model(model, "uniform", 4))["dw"] == (4, "default")
     assert _bits(tfqnet.quantize_model(model, "uniform", 2, policy="first_last"))["dw"] == (
         2, "default")
     with pytest.raises(ValueError, match="unknown layer policy 'depthwise'"):
