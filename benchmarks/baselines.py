@@ -100,14 +100,16 @@ def tfmot_n_bit(model: keras.Model, weight_bits: int = 4, activation_bits: int =
 
 
 class _TernaryConfig(_tfmot_q.QuantizeConfig):
-    """TFMOT's straight-through baseline: 2-bit narrow-range kernels, 8-bit outputs."""
+    """TFMOT's straight-through baseline: 2-bit narrow-range kernels (``bits``), 8-bit
+    outputs."""
 
-    def __init__(self, attr: str = "kernel"):
+    def __init__(self, attr: str = "kernel", bits: int = 2):
         self.attr = attr
+        self.bits = bits
 
     def get_weights_and_quantizers(self, layer):
         weight = _tfmot_q.quantizers.LastValueQuantizer(
-            num_bits=2, per_axis=False, symmetric=True, narrow_range=True
+            num_bits=self.bits, per_axis=False, symmetric=True, narrow_range=True
         )
         return [(getattr(layer, self.attr), weight)]
 
@@ -127,7 +129,7 @@ class _TernaryConfig(_tfmot_q.QuantizeConfig):
         return []
 
     def get_config(self):
-        return {"attr": self.attr}
+        return {"attr": self.attr, "bits": self.bits}
 
 
 def _fold_bn1(model: keras.Model) -> keras.Model:
@@ -153,13 +155,16 @@ def _fold_bn1(model: keras.Model) -> keras.Model:
     return result
 
 
-def tfmot_ternary(model: keras.Model) -> keras.Model:
-    """TFMOT straight-through ternary QAT model of the digits CNN (``conv1``/``bn1``)."""
+def tfmot_ternary(model: keras.Model, keep_8_bit: Iterable[str] = ()) -> keras.Model:
+    """TFMOT straight-through ternary QAT model of the digits CNN (``conv1``/``bn1``);
+    the layers in ``keep_8_bit`` (a layer policy) get 8-bit kernels."""
     model = _fold_bn1(model)
+    keep = set(keep_8_bit)
 
     def annotate(layer):
         if isinstance(layer, keras.layers.Conv2D | keras.layers.Dense):
-            return _tfmot_q.quantize_annotate_layer(layer, _TernaryConfig())
+            bits = 8 if layer.name in keep else 2
+            return _tfmot_q.quantize_annotate_layer(layer, _TernaryConfig(bits=bits))
         if isinstance(layer, keras.layers.InputLayer):
             return layer
         return _tfmot_q.quantize_annotate_layer(layer)

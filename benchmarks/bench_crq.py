@@ -12,12 +12,13 @@ weights, 8-bit activations; the same budget for every row):
 * ``qn ternary``: ``method="qn", weight_bits=2`` (defaults);
 * ``TFMOT STE ternary``: :func:`benchmarks.baselines.tfmot_ternary`
   (``LastValueQuantizer(num_bits=2, narrow_range=True, symmetric=True,
-  per_axis=False)`` kernels, straight-through gradient, BN folded).
+  per_axis=False)`` kernels, straight-through gradient, BN folded), with the layers
+  tfqnet's default policy keeps at 8 bits (conv1, logits) at 8 bits, as the tfqnet rows.
 
 tfqnet rows: accuracy of the converted model on the TFLM runtime; TFMOT: of its Keras
 QAT model (its 2-bit fake-quant does not deploy as 2-bit weights). Sizes, of the CRQ
-export: filter bytes stored as int8 (one byte per weight), as packed INT4 (the default
-export) and as 2-bit indices with TFLM's compression (indices + decode headers + value
+export: filter bytes stored as int8 (one byte per weight), as packed INT4
+(``compress=False``) and as 2-bit indices with TFLM's compression (indices + decode headers + value
 tables, :func:`tfqnet.export.compression.stored_weight_bytes`), and whether the
 compressed model's raw int8 outputs equal the INT4 model's on the TFLM runtime.
 """
@@ -34,6 +35,7 @@ import tfqnet
 from benchmarks.baselines import tfmot_ternary
 from benchmarks.report import markdown_table, verdict, write_section
 from tfqnet._keras import keras
+from tfqnet.core.policy import policy_layers
 from tfqnet.datasets import load_digits
 from tfqnet.export.compression import compress_ternary, stored_weight_bytes
 from tfqnet.models import compile_classifier, digits_cnn
@@ -75,7 +77,8 @@ def run_seed(data, seed: int, float_epochs: int, epochs: int) -> dict:
     result = {"float": _accuracy(model.predict(data.x_test, verbose=0), data.y_test)}
     for name, options in ROWS.items():
         keras.utils.set_random_seed(seed + 1)
-        qat = tfmot_ternary(model) if options is None else tfqnet.quantize_model(
+        qat = tfmot_ternary(model, keep_8_bit=policy_layers(model, "auto", 2)) if (
+            options is None) else tfqnet.quantize_model(
             model, activation_bits=8, **options
         )
         compile_classifier(qat, 5e-4)
@@ -86,7 +89,9 @@ def run_seed(data, seed: int, float_epochs: int, epochs: int) -> dict:
         if options is None:
             result[name] = _accuracy(qat.predict(data.x_test, verbose=0), data.y_test)
         else:
-            flatbuffer = tfqnet.convert(qat, data.x_train[:200])
+            # INT4, as the sizes below compare it with its compressed form (the default
+            # conversion, compress="auto", compresses the ternary kernels already)
+            flatbuffer = tfqnet.convert(qat, data.x_train[:200], compress=False)
             result[name] = _accuracy(tfqnet.run_tflm(flatbuffer, data.x_test), data.y_test)
             if name == "crq ternary":
                 result["sizes"] = sizes(flatbuffer, data.x_test)

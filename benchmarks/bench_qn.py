@@ -8,8 +8,8 @@ copies of it for ``--epochs`` epochs (Adam 5e-4, batch 32, seed s + 1, 8-bit
 activations everywhere):
 
 * ``qn ternary``: ``method="qn", weight_bits=2`` with the method's defaults (k-means
-  thresholds, least-squares alpha, ``temperature_step`` 10, the last half of the
-  epochs in the hard phase, ``hard_fraction=0.5``);
+  thresholds, least-squares alpha, ``temperature_step`` 10, every epoch in the hard
+  phase, ``hard_fraction=1.0``; the first and last layer at 8 bits, the layer policy);
 * ``qn ternary, soft only`` and ``qn 3bit_pow2, soft only``: ``hard_fraction=0``, the
   paper's soft forward in every epoch (the default before the hard phase);
 * ``qn ternary, paper init``: the same with ``ternary_threshold=0.05,
@@ -18,7 +18,8 @@ activations everywhere):
 * ``uniform W2A8``: ``method="uniform", weight_bits=2`` (LSQ), the step-time reference;
 * ``TFMOT STE ternary``: :func:`benchmarks.baselines.tfmot_ternary`
   (``LastValueQuantizer(num_bits=2, narrow_range=True, symmetric=True,
-  per_axis=False)`` kernels, straight-through gradient, BN folded);
+  per_axis=False)`` kernels, straight-through gradient, BN folded; the policy's layers
+  at 8 bits, as the tfqnet rows);
 * ``TFMOT n-bit W3A8``: TFMOT's experimental n-bit scheme at 3-bit weights, the
   plain straight-through quantizer at the bits of 3bit_pow2 (7 levels);
 * ``qn ternary, 3x epochs`` and ``TFMOT STE ternary, 3x epochs``: the same with three
@@ -36,6 +37,7 @@ processes hits all of them alike; median over all rounds and seeds.
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 
@@ -46,8 +48,10 @@ from benchmarks.baselines import tfmot_n_bit, tfmot_ternary
 from benchmarks.report import markdown_table, verdict, write_section
 from benchmarks.rows import step_time_samples
 from tfqnet._keras import keras
+from tfqnet.core.policy import policy_layers
 from tfqnet.datasets import load_digits
 from tfqnet.models import compile_classifier, digits_cnn
+from tfqnet.quantizers.qn import HARD_FRACTION
 
 QN_ROWS = {
     "qn ternary": dict(method="qn", weight_bits=2),
@@ -62,10 +66,20 @@ QN_ROWS = {
     "uniform W2A8": dict(method="uniform", weight_bits=2),
     "qn ternary, 3x epochs": dict(method="qn", weight_bits=2),
 }
+
+
+def _policy(model) -> list[str]:
+    """The layers tfqnet's default policy keeps at 8 bits below 4-bit weights: TFMOT's
+    rows get them too, so the rows compare like with like."""
+    return list(policy_layers(model, "auto", 2))
+
+
 TFMOT_ROWS = {
-    "TFMOT STE ternary": tfmot_ternary,
-    "TFMOT n-bit W3A8": lambda model: tfmot_n_bit(model, weight_bits=3, activation_bits=8),
-    "TFMOT STE ternary, 3x epochs": tfmot_ternary,
+    "TFMOT STE ternary": lambda model: tfmot_ternary(model, keep_8_bit=_policy(model)),
+    "TFMOT n-bit W3A8": lambda model: tfmot_n_bit(model, weight_bits=3, activation_bits=8,
+                                                  keep_8_bit=_policy(model)),
+    "TFMOT STE ternary, 3x epochs": lambda model: tfmot_ternary(model,
+                                                                keep_8_bit=_policy(model)),
 }
 TIMED = ["qn ternary", "qn 3bit_pow2", "uniform W2A8"]
 
@@ -212,9 +226,9 @@ def main() -> None:
         f"Wall time of the run: {time.time() - started:.0f} s.\n\n"
     )
     body += markdown_table(["target", "measured", "verdict"], targets)
-    hard = args.epochs // 2  # hard_fraction 0.5
+    hard = math.floor(HARD_FRACTION * args.epochs)
     body += (
-        "\n\nThe final hard phase (default `hard_fraction=0.5`: the last "
+        f"\n\nThe final hard phase (default `hard_fraction={HARD_FRACTION:g}`: the last "
         f"{hard} of {args.epochs} epochs train the deployed step function, with the soft "
         "function's gradient at the scheduled T) against the paper's soft forward "
         "throughout (`soft only` rows): ternary "
@@ -224,7 +238,8 @@ def main() -> None:
         "of the ternary kernels' weights were still within ~6/T of a threshold (mean "
         "over seeds), where the trained soft weight differs from the deployed hard one. "
         "With 3x the epochs (T up to "
-        f"{30 * args.epochs}, the last {3 * args.epochs // 2} hard) QN ternary is "
+        f"{30 * args.epochs}, the last {math.floor(HARD_FRACTION * 3 * args.epochs)} hard) "
+        "QN ternary is "
         f"{100 * (mean('qn ternary, 3x epochs') - float_acc):+.2f} points from float, "
         "TFMOT's STE at the same 3x budget "
         f"{100 * (mean('TFMOT STE ternary, 3x epochs') - float_acc):+.2f}. "
