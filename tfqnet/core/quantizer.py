@@ -40,6 +40,7 @@ import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
 from tfqnet._keras import keras
+from tfqnet.tflite_format import INT4_MAX_BITS
 
 _TFMOT_QUANTIZER = tfmot.quantization.keras.quantizers.Quantizer
 
@@ -155,6 +156,15 @@ class Quantizer(_TFMOT_QUANTIZER, abc.ABC):
     def kernel_bits(self) -> int:
         """The kernel's width now. Default: the configured ``bits`` (8 without one)."""
         return getattr(self, "bits", 8)
+
+    def export_storage(self) -> str:
+        """How ``tfqnet.convert``'s default (``compress="auto"``) stores the kernel:
+        ``"compressed"`` for ``storage="compressed"`` and for a fixed width below 4 bits
+        (learned widths follow ``storage``), else ``"int4"`` (its INT4/int8 container)."""
+        if self.storage == "compressed" or (
+                self.kernel_bits() < INT4_MAX_BITS and not self.learns_width):
+            return "compressed"
+        return "int4"
 
     def max_kernel_bits(self) -> int:
         """The widest the kernel can be. Default: :meth:`kernel_bits`."""

@@ -175,7 +175,7 @@ def _auto_index_bits(model: keras.Model) -> int | None:
     kernels = weight_quantizers(model)
     if any(q.storage == "compressed" for q in kernels):
         return MAX_INDEX_BITS
-    if any(q.kernel_bits() < INT4_MAX_BITS and not q.learns_width for q in kernels):
+    if any(q.export_storage() == "compressed" for q in kernels):
         return INT4_MAX_BITS - 1
     return None
 

@@ -143,7 +143,7 @@ def _compress_where_smaller(
 ) -> tuple[bytes | None, list[str]]:
     """The compressed flatbuffer and its compressed filters' layers (None, [] when no
     filter qualifies)."""
-    FlatbufferModel.from_bytes(flatbuffer)  # clear error for a non-TFLite input
+    graph = FlatbufferModel.from_bytes(flatbuffer)  # also: clear error for a non-TFLite input
     model = model_editor.read(bytes(flatbuffer))
 
     chosen: dict[int, tuple[_Filter, model_editor.Tensor]] = {}
@@ -196,7 +196,6 @@ def _compress_where_smaller(
             chosen_filters, smallest = chosen_filters + groups[buffer], size
     if not chosen_filters:
         return None, []
-    graph = FlatbufferModel.from_bytes(flatbuffer)
     layers = []
     for f in chosen_filters:
         consumers = [op for op in graph.operators if len(op.inputs) > 1 and

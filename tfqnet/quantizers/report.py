@@ -17,7 +17,7 @@ from tfqnet import grid
 from tfqnet._keras import keras
 from tfqnet.core.config import LayerQuantizeConfig
 from tfqnet.core.layer_kinds import WEIGHTED_LAYERS
-from tfqnet.tflite_format import INT4_MAX_BITS, kernel_bytes, storage_form
+from tfqnet.tflite_format import kernel_bytes, storage_form
 
 
 @dataclass
@@ -96,12 +96,9 @@ def bit_width_report(model: keras.Model) -> BitWidthReport:
             learned, storage, tables, bits_from = False, "int4", 1, "skip"
         else:
             width, max_bits = quantizer.kernel_bits(), quantizer.max_kernel_bits()
-            learned, storage = quantizer.learns_width, quantizer.storage
-            tables = quantizer.tables if storage == "compressed" else (
+            learned, storage = quantizer.learns_width, quantizer.export_storage()
+            tables = quantizer.tables if quantizer.storage == "compressed" else (
                 int(np.prod(shape[-channel_dims:])) if per_axis else 1)
-            if width < INT4_MAX_BITS and not learned:
-                storage = "compressed"  # convert's compress="auto"; learned widths
-                # follow their method's storage option
             bits_from = config.bits_from
             budgets.add(quantizer.weight_budget_bytes())
         dense = grid.is_per_channel_dense(len(shape), per_axis)
