@@ -15,13 +15,35 @@ from tests.helpers import fine_tune
 _CACHE: dict[str, object] = {}
 
 
+def compact_exactly(flatbuffer: bytes, x) -> bytes:
+    """``tfqnet.compact(flatbuffer)``, after asserting that it is smaller and that TFLM
+    gives bit-identical raw outputs for both models on ``x`` (one array per input)."""
+    compacted = tfqnet.compact(flatbuffer)
+    assert len(compacted) < len(flatbuffer)
+    plain, small = tfqnet.MicroInterpreter(flatbuffer), tfqnet.MicroInterpreter(compacted)
+    expected = plain.predict(x, raw=True)
+    got = small.predict(x, raw=True)
+    for e, g in zip(*(v if isinstance(v, list) else [v] for v in (expected, got)), strict=True):
+        np.testing.assert_array_equal(g, e)
+    return compacted
+
+
 def digits_qat_and_tflite(float_digits_model, digits):
-    """(QAT model, its converted flatbuffer): 4-bit weights, 8-bit activations."""
+    """(QAT model, its converted flatbuffer): 4-bit weights, 8-bit activations; the
+    flatbuffer compacted as by default, checked against the uncompacted one."""
     if "digits" not in _CACHE:
         qat = tfqnet.quantize_model(float_digits_model, weight_bits=4, activation_bits=8)
         fine_tune(qat, digits, epochs=1)
-        _CACHE["digits"] = (qat, tfqnet.convert(qat, digits.x_train))
+        plain = tfqnet.convert(qat, digits.x_train, compact=False)
+        _CACHE["digits_plain"] = plain
+        _CACHE["digits"] = (qat, compact_exactly(plain, digits.x_test))
     return _CACHE["digits"]
+
+
+def digits_uncompacted_tflite(float_digits_model, digits) -> bytes:
+    """The flatbuffer of :func:`digits_qat_and_tflite` before compaction."""
+    digits_qat_and_tflite(float_digits_model, digits)
+    return _CACHE["digits_plain"]
 
 
 def unsupported_op_tflite() -> bytes:

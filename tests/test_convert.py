@@ -5,18 +5,21 @@ import pytest
 
 import tfqnet
 from tests.helpers import fine_tune, top1_agreement
+from tests.micro_helpers import compact_exactly
 from tfqnet.core.config import quantizers_of
 from tfqnet.export.flatbuffer import packed_bytes
 
 
 @pytest.fixture(scope="module")
 def trained(float_digits_model, digits):
-    """W8A8 and W4A8 uniform models, fine-tuned 2 epochs and converted."""
+    """W8A8 and W4A8 uniform models, fine-tuned 2 epochs and converted (compacted, as
+    by default, and checked against the uncompacted flatbuffer)."""
     out = {}
     for weight_bits in (8, 4):
         q = tfqnet.quantize_model(float_digits_model, weight_bits=weight_bits, activation_bits=8)
         fine_tune(q, digits, epochs=2)
-        out[weight_bits] = (q, tfqnet.convert(q, digits.x_train))
+        plain = tfqnet.convert(q, digits.x_train, compact=False)
+        out[weight_bits] = (q, compact_exactly(plain, digits.x_test))
     return out
 
 

@@ -8,6 +8,7 @@ import tensorflow as tf
 
 import tfqnet
 from tests.helpers import fine_tune, top1_agreement
+from tests.micro_helpers import compact_exactly
 from tfqnet._keras import keras
 from tfqnet.export.compression import compress, compress_ternary, stored_weight_bytes
 from tfqnet.micro.resources import layer_resources
@@ -132,7 +133,7 @@ def crq_model(float_digits_model, digits):
 
 @pytest.fixture(scope="module")
 def int4_model(crq_model, digits):
-    return tfqnet.convert(crq_model[0], digits.x_train[:100], compress=False)
+    return tfqnet.convert(crq_model[0], digits.x_train[:100], compress=False, compact=False)
 
 
 def test_callbacks_provide_the_schedule_and_it_ends_hard(crq_model):
@@ -238,7 +239,7 @@ def test_depthwise_kernel_exports_ternary_and_compresses(digits):
     outputs = layers.Dense(10)(layers.Flatten()(x))
     qat = tfqnet.quantize_model(keras.Model(inputs, outputs), method="crq", policy=None)
     fine_tune(qat, digits, epochs=2, lr=2e-3)
-    flatbuffer = tfqnet.convert(qat, digits.x_train[:50], compress=False)
+    flatbuffer = tfqnet.convert(qat, digits.x_train[:50], compress=False, compact=False)
     (depthwise,) = [
         t for t in tfqnet.FlatbufferModel.from_bytes(flatbuffer).weight_tensors()
         if "depthwise" in t.name
@@ -255,6 +256,7 @@ def test_depthwise_kernel_exports_ternary_and_compresses(digits):
         tfqnet.run_tflm(compressed, x, raw=True), tfqnet.run_tflm(flatbuffer, x, raw=True)
     )
     assert len(compressed) < len(flatbuffer)
+    compact_exactly(compressed, x)
     with pytest.raises(ValueError, match="1-bit"):
         compress(flatbuffer, bits=1)  # ternary needs 2-bit indices
 

@@ -10,6 +10,7 @@ from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as sch
 
 import tfqnet
 from tests.helpers import fine_tune, top1_agreement
+from tests.micro_helpers import compact_exactly
 from tfqnet import grid
 from tfqnet._keras import keras, tf
 from tfqnet.core.config import quantizers_of
@@ -28,7 +29,8 @@ def per_channel_srq(float_digits_model, digits):
     ones in int8 (TFLM has no per-channel INT4 FULLY_CONNECTED), the Conv2D ones INT4."""
     qat = tfqnet.quantize_model(float_digits_model, "srq", 4, 8, storage="compressed")
     fine_tune(qat, digits, epochs=1)
-    return qat, tfqnet.convert(qat, digits.x_train, compress=False)
+    plain = tfqnet.convert(qat, digits.x_train, compress=False, compact=False)
+    return qat, compact_exactly(plain, digits.x_test)
 
 
 def _fully_connected(flatbuffer):

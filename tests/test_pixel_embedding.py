@@ -9,6 +9,7 @@ from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as sch
 
 import tfqnet
 from tests.helpers import fine_tune
+from tests.micro_helpers import compact_exactly
 from tfqnet import grid
 from tfqnet._keras import keras
 from tfqnet.errors import UnsupportedLayerError
@@ -138,14 +139,15 @@ def test_quantize_model_puts_no_quantizer_on_raw_pixels(raw_pixel_qat):
 @pytest.mark.parametrize("input_type", ["uint8", "int8"])
 def test_raw_pixel_model_runs_on_tflm_and_agrees(raw_pixel_qat, input_type):
     qat, pixels = raw_pixel_qat
-    flatbuffer = tfqnet.convert(qat, pixels.x_train, input_type=input_type)
+    plain = tfqnet.convert(qat, pixels.x_train, input_type=input_type, compact=False)
+    x = pixels.x_test if input_type == "uint8" else as_int8(pixels.x_test)
+    flatbuffer = compact_exactly(plain, x)
     graph = tfqnet.FlatbufferModel.from_bytes(flatbuffer)
     assert set(graph.op_names) <= TFLM_OPS
     assert ("QUANTIZE" in graph.op_names) == (input_type == "uint8")
     assert graph.tensors[graph.inputs[0]].type == input_type.upper()
     assert not graph.float_tensors()
 
-    x = pixels.x_test if input_type == "uint8" else as_int8(pixels.x_test)
     tflm_top1 = tfqnet.run_tflm(flatbuffer, x).argmax(-1)  # loads: every op resolved
     keras_top1 = qat.predict(pixels.x_test, verbose=0).argmax(-1)
     assert np.mean(tflm_top1 == keras_top1) >= 0.99

@@ -383,7 +383,7 @@ def ternary(float_digits_model, digits):
     qat = tfqnet.quantize_model(float_digits_model, method="qn", weight_bits=2, activation_bits=8,
                                 policy=None)
     fine_tune(qat, digits, epochs=2)
-    return qat, tfqnet.convert(qat, digits.x_train, compress=False)
+    return qat, tfqnet.convert(qat, digits.x_train, compress=False, compact=False)
 
 
 def _int_weights(flatbuffer: bytes) -> dict[str, tuple[np.ndarray, object]]:

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import tfqnet
+from tests.micro_helpers import compact_exactly
 from tfqnet import _files
 from tfqnet._keras import keras
 
@@ -26,61 +27,56 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _train_convert(model: keras.Model, xs, ys):
-    """QAT copy of ``model`` trained for a few steps (seeded), and its flatbuffer."""
+    """QAT copy of ``model`` trained for a few steps (seeded), and its flatbuffer
+    (not compacted)."""
     keras.utils.set_random_seed(3)
     q = tfqnet.quantize_model(model, weight_bits=4, activation_bits=8)
     q.compile(keras.optimizers.Adam(1e-3), "mse")
     q.fit(xs, ys, epochs=2, batch_size=16, verbose=0)
-    return q, tfqnet.convert(q, xs)
-
-
-def _output_lsb(flatbuffer: bytes) -> dict[tuple, float]:
-    """Output scale by output shape (TFLite orders multiple outputs its own way)."""
-    graph = tfqnet.FlatbufferModel.from_bytes(flatbuffer)
-    return {graph.tensors[i].shape[1:]: graph.tensors[i].scales[0] for i in graph.outputs}
+    return q, tfqnet.convert(q, xs, compact=False)
 
 
 # ------------------------------------------------------------------ models that work
 
 
 def test_shared_layer_and_multiple_inputs_and_outputs_convert_and_agree_on_tflm():
-    """Two inputs, a Dense layer called twice, two outputs: trains, converts, and TFLM
-    computes what the QAT model does, within TFLM's known FULLY_CONNECTED rounding:
-    +-1 LSB per op, which three chained Dense ops grow to a few LSB on some outputs
-    (measured on this model and on the same model without sharing: at most 1-4 LSB,
-    0.2-0.6 LSB on average, varying with the trained weights). Part of that is the
-    shared kernel itself: the converter requantizes a kernel that two ops read to int8
-    (`tfl.pseudo_qconst`), within half an int8 step of its trained 4-bit grid but not on
-    it (../shared/tflm-facts.md). Inputs fed in the wrong order are off by far more."""
+    """Two inputs, a Dense layer called twice, three outputs: trains, converts, and TFLM
+    computes what the QAT model does, inputs and outputs in the Keras model's order
+    (the converter orders them by name: "a_two" < "one" < "three"), within TFLM's known
+    FULLY_CONNECTED rounding: +-1 LSB per op, which three chained Dense ops grow to a
+    few LSB on some outputs (measured on this model and on the same model without
+    sharing: at most 1-4 LSB, 0.2-0.6 LSB on average, varying with the trained weights).
+    Part of that is the shared kernel itself: the converter requantizes a kernel that
+    two ops read to int8 (`tfl.pseudo_qconst`), within half an int8 step of its trained
+    4-bit grid but not on it (../shared/tflm-facts.md). Inputs fed in the wrong order
+    are off by far more. The compacted model computes exactly what the plain one does."""
     rng = np.random.default_rng(1)
-    left, right = keras.Input((8,), name="left"), keras.Input((8,), name="right")
+    right, left = keras.Input((8,), name="right"), keras.Input((8,), name="left")
     shared = L.Dense(8, activation="relu", name="shared")
-    x = L.Concatenate(name="join")([shared(left), shared(L.Dense(8, name="pre")(right))])
-    model = keras.Model([left, right], [L.Dense(3, name="three")(x), L.Dense(1, name="one")(x)])
+    x = L.Concatenate(name="join")([shared(right), shared(L.Dense(8, name="pre")(left))])
+    heads = [L.Dense(3, name="three")(x), L.Dense(1, name="one")(x), L.Dense(2, name="a_two")(x)]
+    model = keras.Model([right, left], heads)
     xs = [rng.random((64, 8), dtype=np.float32), rng.random((64, 8), dtype=np.float32)]
-    ys = [rng.random((64, 3), dtype=np.float32), rng.random((64, 1), dtype=np.float32)]
-    q, flatbuffer = _train_convert(model, xs, ys)
+    ys = [rng.random((64, n), dtype=np.float32) for n in (3, 1, 2)]
+    q, plain = _train_convert(model, xs, ys)
+    flatbuffer = compact_exactly(plain, xs)
 
     graph = tfqnet.FlatbufferModel.from_bytes(flatbuffer)
     ops = [op.name for op in graph.operators]
-    assert ops.count("FULLY_CONNECTED") == 5  # pre, shared twice, three, one
-    # The flatbuffer orders its inputs its own way: feed them by name.
-    by_name = {"left": xs[0], "right": xs[1]}
-    names = [graph.tensors[i].name for i in graph.inputs]
-    feed = [next(v for k, v in by_name.items() if f"_{k}:" in n) for n in names]
+    assert ops.count("FULLY_CONNECTED") == 6  # pre, shared twice, three, one, a_two
     micro = tfqnet.MicroInterpreter(flatbuffer)
-    expected = {y.shape[1:]: y for y in q.predict(xs, verbose=0)}
-    lsb = _output_lsb(flatbuffer)
-    assert sorted(lsb) == [(1,), (3,)]
+    assert [d.shape[1:] for d in micro.outputs] == [(3,), (1,), (2,)]
+    expected = q.predict(xs, verbose=0)
+    lsb = [graph.tensors[i].scales[0] for i in graph.outputs]
 
     def worst_lsb(outputs) -> list[float]:
-        return [float(np.abs(o - expected[o.shape[1:]]).max() / lsb[o.shape[1:]])
-                for o in outputs]
+        return [float(np.abs(o - e).max() / s) for o, e, s in zip(outputs, expected, lsb,
+                                                                   strict=True)]
 
-    for out in micro.predict(feed):
-        diff = np.abs(out - expected[out.shape[1:]]) / lsb[out.shape[1:]]
+    for out, e, s in zip(micro.predict(xs), expected, lsb, strict=True):
+        diff = np.abs(out - e) / s
         assert diff.max() <= 8.01 and diff.mean() <= 1.0, (diff.max(), diff.mean())
-    swapped = worst_lsb(micro.predict(feed[::-1]))
+    swapped = worst_lsb(micro.predict(xs[::-1]))
     assert max(swapped) > 8.01, swapped  # the tolerance can fail
 
 

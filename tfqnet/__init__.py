@@ -41,6 +41,8 @@ _EXPORTS = {
     "TfqnetError": "tfqnet.errors",
     "UnsupportedLayerError": "tfqnet.errors",
     "FlatbufferModel": "tfqnet.export.flatbuffer",
+    "compact": "tfqnet.export.compact",
+    "flash_breakdown": "tfqnet.export.flatbuffer",
     "MicroInterpreter": "tfqnet.micro.runtime",
     "run_tflm": "tfqnet.micro.runtime",
     "PixelEmbedding": "tfqnet.layers",
@@ -56,7 +58,8 @@ _EXPORTS = {
     "bit_width_report": "tfqnet.quantizers.report",
 }
 #: names that need no TensorFlow: loaded on their own
-_LIGHT = {"tfqnet.errors", "tfqnet.export.flatbuffer", "tfqnet.micro.runtime"}
+_LIGHT = {"tfqnet.errors", "tfqnet.export.flatbuffer", "tfqnet.export.compact",
+          "tfqnet.micro.runtime"}
 #: modules that register Keras classes (loaded together, in this order, on first use)
 _KERAS_MODULES = ("tfqnet._keras", "tfqnet.quantizers", "tfqnet.layers", "tfqnet.quantize",
                   "tfqnet.export.api")
@@ -74,8 +77,10 @@ __all__ = [
     "UnsupportedLayerError",
     "bit_width_report",
     "callbacks",
+    "compact",
     "convert",
     "distillation_targets",
+    "flash_breakdown",
     "load_model",
     "method_names",
     "quantize_model",
@@ -128,7 +133,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ provide
         UnsupportedLayerError,
     )
     from tfqnet.export.api import convert
-    from tfqnet.export.flatbuffer import FlatbufferModel
+    from tfqnet.export.compact import compact
+    from tfqnet.export.flatbuffer import FlatbufferModel, flash_breakdown
     from tfqnet.layers import PixelEmbedding
     from tfqnet.micro.runtime import MicroInterpreter, run_tflm
     from tfqnet.quantize.api import callbacks, load_model, quantize_model, quantize_scope

@@ -1,4 +1,5 @@
-"""The ``tfqnet`` command line: ``export-c`` (sources for a board) and ``check``.
+"""The ``tfqnet`` command line: ``export-c`` (sources for a board), ``check`` and
+``compact``.
 
 TensorFlow (for ``check --keras``) is imported only when a Keras model is loaded, after
 the model file has been read and validated, so a wrong path or a corrupt file is
@@ -23,9 +24,12 @@ import numpy as np
 
 from tfqnet._files import refuse_to_overwrite, write_atomic
 from tfqnet.errors import InvalidModelFileError, TfqnetError
+from tfqnet.export.compact import compact
+from tfqnet.export.flatbuffer import FLASH_PARTS, flash_breakdown
 from tfqnet.micro import c_arrays
 from tfqnet.micro.arena import ArenaProbeError, measure_arena
 from tfqnet.micro.checker import check_model, load_keras_model
+from tfqnet.micro.equivalence import same_outputs
 from tfqnet.micro.model_file import read_model_file
 from tfqnet.micro.op_resolver import UnsupportedOpError, op_resolver_header
 from tfqnet.micro.runtime import MicroInterpreter, random_input_codes
@@ -190,6 +194,38 @@ def _check(args) -> int:
     return EXIT_OK if report.passed else EXIT_FAILED
 
 
+def _compact(args) -> int:
+    data, _ = _read_model(args.model)
+    out = Path(args.output)
+    if out.exists() and out.resolve() == Path(args.model).resolve():
+        raise _UsageError(f"{out} is the input model; give another output path")
+    if out.exists() and out.is_dir():
+        raise _UsageError(f"{out} is a directory; give a file path")
+    try:
+        refuse_to_overwrite([out], args.force)
+    except FileExistsError as error:
+        raise _UsageError(str(error)) from None
+    if not out.resolve().parent.is_dir():
+        raise _UsageError(f"{out}: its directory does not exist")
+    compacted = compact(data, keep_layer_names=not args.no_layer_names)
+    _progress("comparing both models on the TFLM runtime (child process)")
+    verdict = same_outputs(data, compacted)
+    if verdict.same is False:  # a bug in compaction: never write a model that differs
+        _error(f"the compacted model's TFLM outputs differ ({verdict.reason}); nothing "
+               "written, please report it")
+        return EXIT_FAILED
+    write_atomic(out, compacted)
+    before, after = flash_breakdown(data), flash_breakdown(compacted)
+    print(f"wrote {out}: {len(compacted)} bytes ({len(data)} before, "
+          f"{len(compacted) / len(data):.3f}x); "
+          + (f"TFLM outputs bit-identical on {verdict.samples} random inputs" if verdict.same
+             else f"not compared on TFLM: {verdict.reason}"))
+    print(f"  {'':<13}{'before':>9}{'after':>9}")
+    for part in FLASH_PARTS:
+        print(f"  {part:<13}{before[part]:>9}{after[part]:>9}")
+    return EXIT_OK
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tfqnet", description="Take a converted tfqnet model to a TFLite Micro board.")
@@ -221,6 +257,15 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--force", action="store_true", help="overwrite an existing --json")
     check.add_argument("--quiet", action="store_true", help="no progress on stderr")
     check.set_defaults(run=_check)
+
+    shrink = sub.add_parser("compact", help="drop what TFLite Micro never reads from a "
+                            "flatbuffer (tfqnet.compact); TFLM outputs stay bit-identical")
+    shrink.add_argument("model", metavar="IN.tflite")
+    shrink.add_argument("output", metavar="OUT.tflite")
+    shrink.add_argument("--no-layer-names", action="store_true",
+                        help="drop the layer names too (check and export-c then number ops)")
+    shrink.add_argument("--force", action="store_true", help="overwrite an existing OUT")
+    shrink.set_defaults(run=_compact)
     return parser
 
 

@@ -4,7 +4,8 @@ The steps every conversion takes, in order: check the model and the data, let ea
 quantizer type prepare the export, trace and convert (the plain TFLite target,
 :mod:`tfqnet.export.tflite`, with the raw-pixel input and per-channel Dense kernels
 handled around it), then, with ``compress``, the TFLM-compressed target
-(:mod:`tfqnet.export.compression`).
+(:mod:`tfqnet.export.compression`), and last, with ``compact``, the pass that drops
+what TFLM never reads (:mod:`tfqnet.export.compact`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import tensorflow as tf
 from tfqnet._keras import keras, require_tf_keras_model
 from tfqnet.core.config import quantizer_states, quantizers_of, weight_quantizers
 from tfqnet.errors import ConversionError
+from tfqnet.export import compact as compaction
 from tfqnet.export import compression, raw_input, tflite
 from tfqnet.export.per_channel_dense import per_channel_dense_export, restore_channel_scales
 from tfqnet.layers import dtype_name
@@ -97,6 +99,7 @@ def convert(
     input_type: str | type | None = None,
     output_type: str | type = "int8",
     compress: bool | int | str = "auto",
+    compact: bool = True,
 ) -> bytes:
     """Converts a trained tfqnet QAT model to a full-integer TFLite flatbuffer.
 
@@ -124,11 +127,21 @@ def convert(
     compresses every filter with few distinct values
     (:func:`tfqnet.export.compression.compress`); False keeps INT4/int8 containers.
     **A compressed model runs on TFLM only** (TFLM_DECODE op); TFLite's interpreter
-    cannot run it: pass ``compress=False`` for that.
+    cannot run it.
+
+    ``compact`` (default True): drop what TFLM never reads (names but the layers',
+    bias quantization of convolutions, repeated zero points, signatures; see
+    :mod:`tfqnet.export.compact`). The operators and every weight byte are unchanged,
+    but TFLite's interpreter refuses the shortened zero-point arrays: for a
+    flatbuffer that TFLite runs, pass ``compress=False, compact=False``.
 
     Raises :class:`~tfqnet.errors.ConversionError` if a float operator or float weight
     remains (other than float model I/O when requested).
     """
+    if isinstance(compress, str) and compress != "auto":
+        raise ValueError(f"compress must be 'auto', True, False or 1..7, got {compress!r}.")
+    if not isinstance(compact, bool):
+        raise ValueError(f"compact must be True or False, got {compact!r}.")
     require_tf_keras_model(qat_model, "qat_model")
 
     raw_pixels = raw_input.takes_raw_pixels(qat_model)
@@ -139,8 +152,6 @@ def convert(
         if value not in tflite.IO_TYPES:
             raise ValueError(f"{name} must be one of {sorted(tflite.IO_TYPES)}, got {value!r}.")
     samples = _as_input_list(qat_model, representative_data)
-    if isinstance(compress, str) and compress != "auto":
-        raise ValueError(f"compress must be 'auto', True, False or 1..7, got {compress!r}.")
     auto_bits = _auto_index_bits(qat_model) if compress == "auto" else None
     _check_initialized(qat_model)
     # the hooks get what "auto" decided: whether the conversion compresses
@@ -156,15 +167,19 @@ def convert(
         flatbuffer = tflite.convert_keras(keras_model, samples, input_type, output_type,
                                           raw_pixels)
     flatbuffer = restore_channel_scales(flatbuffer, dense_kernels)
+    flatbuffer = tflite.keras_io_order(flatbuffer, list(keras_model.input_names),
+                                       list(keras_model.output_names))
     if raw_pixels and input_type == "uint8":
         flatbuffer = raw_input.prepend_uint8_input(flatbuffer)
 
     tflite.check_integer_only(flatbuffer, input_type, output_type)
     if compress == "auto":
-        return bytes(flatbuffer) if auto_bits is None else _compress_auto(flatbuffer, auto_bits)
-    if compress:
-        return compression.compress(flatbuffer, bits=None if compress is True else int(compress))
-    return bytes(flatbuffer)
+        if auto_bits is not None:
+            flatbuffer = _compress_auto(flatbuffer, auto_bits)
+    elif compress:
+        flatbuffer = compression.compress(flatbuffer,
+                                          bits=None if compress is True else int(compress))
+    return compaction.compact(flatbuffer) if compact else bytes(flatbuffer)
 
 
 def _auto_index_bits(model: keras.Model) -> int | None:
@@ -186,7 +201,8 @@ def _compress_auto(flatbuffer: bytes, max_index_bits: int) -> bytes:
         warnings.warn(
             f"tfqnet.convert stored {len(layers)} kernel(s) as TFLM lookup-table indices "
             f"({', '.join(layers)}): the model runs on TensorFlow Lite Micro only (op "
-            "TFLM_DECODE); pass compress=False to keep INT4/int8 for TFLite's interpreter.",
+            "TFLM_DECODE); pass compress=False, compact=False to keep INT4/int8 for TFLite's "
+            "interpreter.",
             stacklevel=3,
         )
     return compressed

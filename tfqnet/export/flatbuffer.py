@@ -56,6 +56,9 @@ class FlatbufferModel:
     metadata_names: tuple[str, ...] = ()
     buffers: list[bytes | None] = field(default_factory=list, repr=False)
     tensor_buffers: list[int] = field(default_factory=list, repr=False)
+    #: the whole unpacked model (schema.ModelT, every subgraph), for validation
+    #: (tfqnet.micro.model_file.check_graph); None when built by hand
+    schema_model: object = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> FlatbufferModel:
@@ -66,7 +69,11 @@ class FlatbufferModel:
             )
         try:
             model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(data, 0))
+            if not model.subgraphs:
+                raise InvalidModelFileError("corrupt TFLite flatbuffer: the model has no "
+                                            "subgraph")
             graph = model.subgraphs[0]
+            codes = model.operatorCodes or []
             buffers = model.buffers or []
             tensors = []
             for i, t in enumerate(graph.tensors or []):
@@ -94,7 +101,11 @@ class FlatbufferModel:
                 )
             operators = []
             for i, op in enumerate(graph.operators or []):
-                code = model.operatorCodes[op.opcodeIndex]
+                if op.opcodeIndex >= len(codes):
+                    raise InvalidModelFileError(
+                        f"corrupt TFLite flatbuffer: operator {i} uses operator code "
+                        f"{op.opcodeIndex}, but the model has {len(codes)}")
+                code = codes[op.opcodeIndex]
                 builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
                 name = BUILTIN_OPS.get(builtin, str(builtin))
                 if name == "CUSTOM":
@@ -126,11 +137,12 @@ class FlatbufferModel:
             data=data,
             tensors=tensors,
             operators=operators,
-            inputs=tuple(int(x) for x in graph.inputs),
-            outputs=tuple(int(x) for x in graph.outputs),
+            inputs=tuple(int(x) for x in (graph.inputs if graph.inputs is not None else [])),
+            outputs=tuple(int(x) for x in (graph.outputs if graph.outputs is not None else [])),
             metadata_names=metadata,
             buffers=buffer_data,
             tensor_buffers=tensor_buffers,
+            schema_model=model,
         )
 
     @cached_property
@@ -171,6 +183,45 @@ class FlatbufferModel:
         return [t for t in self.tensors if t.index in used and t.type.startswith("FLOAT")]
 
 
+#: the parts :func:`flash_breakdown` splits a flatbuffer into, in report order
+FLASH_PARTS = ("weights", "biases", "quantization", "names", "structure", "other data")
+
+
+def flash_breakdown(model: FlatbufferModel | bytes) -> dict[str, int]:
+    """Bytes of a flatbuffer by what they hold (``FLASH_PARTS``), summing to its size.
+
+    ``weights``: constant data of filters (input 1 of a weighted op, or a
+    ``TFLM_DECODE`` op's indices and value tables); ``biases``: input 2 of a weighted
+    op; ``quantization``: the scale (4 bytes) and zero-point (8 bytes) arrays;
+    ``names``: tensor name strings; ``other data``: every other buffer (shape operands,
+    metadata); ``structure``: the rest (tables, offsets, shapes, options, padding).
+    """
+    graph = model if isinstance(model, FlatbufferModel) else FlatbufferModel.from_bytes(model)
+    weights, biases = set(), set()
+    for op in graph.operators:
+        if op.name == tflite_format.DECODE_OP:
+            weights.update(i for i in op.inputs if i >= 0)
+        elif op.name in tflite_format.WEIGHTED_OPS:
+            weights.update(i for i in op.inputs[1:2] if i >= 0)
+            biases.update(i for i in op.inputs[2:3] if i >= 0)
+
+    def data_bytes(tensors: set[int]) -> int:
+        buffers = {graph.tensor_buffers[i] for i in tensors if graph.tensors[i].is_constant}
+        return sum(len(graph.buffers[b] or b"") for b in buffers)
+
+    parts = dict.fromkeys(FLASH_PARTS, 0)
+    parts["weights"] = data_bytes(weights)
+    parts["biases"] = data_bytes(biases - weights)
+    parts["quantization"] = sum(4 * len(t.scales) + 8 * len(t.zero_points) for t in graph.tensors)
+    parts["names"] = sum(len(t.name.encode()) for t in graph.tensors)
+    parts["other data"] = sum(len(b or b"") for b in graph.buffers) - sum(
+        len(graph.buffers[b] or b"")
+        for b in {graph.tensor_buffers[i] for i in weights | biases
+                  if graph.tensors[i].is_constant})
+    parts["structure"] = len(graph.data) - sum(parts.values())
+    return parts
+
+
 def element_count(shape: tuple[int, ...]) -> int:
     return int(np.prod(shape)) if shape else 1
 
@@ -196,6 +247,7 @@ def op_layer(graph: FlatbufferModel, op: Operator) -> str:
     (the model's last op often outputs 'StatefulPartitionedCall:0')."""
     names = [graph.tensors[i].name for i in op.outputs if i >= 0]
     names += [graph.tensors[i].name for i in op.inputs if i >= 0 and graph.tensors[i].is_constant]
+    names = [name for name in names if name]  # a compacted model names outputs only
     for name in names:
         if "/" in name.split(";")[0]:
             return layer_name(name)

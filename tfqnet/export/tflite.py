@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import tensorflow as tf
+from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
 
 from tfqnet._keras import keras
 from tfqnet.errors import ConversionError
@@ -77,3 +78,33 @@ def check_integer_only(flatbuffer: bytes, input_type: str, output_type: str) -> 
             f"the converted model still computes in float: tensor {floats[0].name!r} "
             f"({floats[0].type}) and {len(floats) - 1} more, used by {users}."
         )
+
+
+def keras_io_order(flatbuffer: bytes, input_names: list[str], output_names: list[str]) -> bytes:
+    """``flatbuffer`` with its graph inputs and outputs in the Keras model's order.
+
+    The converter orders several inputs or outputs its own way (by name, not as
+    ``model.inputs``/``model.outputs``); its signature maps each Keras name to a tensor.
+    The index vectors are permuted in place, so every other byte stays; a model whose
+    order already matches (or that has no signature) is returned unchanged.
+    """
+    data = bytearray(flatbuffer)
+    model = schema.Model.GetRootAs(data, 0)
+    if model.SignatureDefsLength() == 0 or model.SubgraphsLength() == 0:
+        return bytes(flatbuffer)
+    signature = model.SignatureDefs(0)
+    graph = model.Subgraphs(0)
+    for names, entries, length, vector_field in (
+        (input_names, signature.Inputs, signature.InputsLength(), 6),
+        (output_names, signature.Outputs, signature.OutputsLength(), 8),
+    ):
+        by_name = {entries(k).Name().decode(): entries(k).TensorIndex() for k in range(length)}
+        offset = graph._tab.Offset(vector_field)  # SubGraph.inputs / .outputs
+        if not offset or sorted(by_name) != sorted(names):
+            continue
+        start = graph._tab.Vector(offset)
+        current = np.frombuffer(bytes(data[start:start + 4 * len(names)]), "<i4")
+        wanted = np.array([by_name[n] for n in names], "<i4")
+        if sorted(current) == sorted(wanted):
+            data[start:start + 4 * len(names)] = wanted.tobytes()
+    return bytes(data)

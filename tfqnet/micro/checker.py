@@ -27,8 +27,15 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from tfqnet.export.compact import expand_for_tflite
 from tfqnet.export.compression import stored_weight_bytes
-from tfqnet.export.flatbuffer import FlatbufferModel, Operator, element_count, op_layer
+from tfqnet.export.flatbuffer import (
+    FlatbufferModel,
+    Operator,
+    element_count,
+    flash_breakdown,
+    op_layer,
+)
 from tfqnet.micro.arena import ArenaMeasurement, ArenaProbeError, measure_arena
 from tfqnet.micro.c_arrays import align_flatbuffer
 from tfqnet.micro.isolated import describe_exit, run_python
@@ -78,6 +85,7 @@ class CheckReport:
     resources: list[dict] = field(default_factory=list)
     total_macs: int = 0
     weight_bytes: int = 0
+    flash: dict[str, int] = field(default_factory=dict)  # flash_breakdown of the model
 
     @property
     def failures(self) -> list[str]:
@@ -103,6 +111,9 @@ class CheckReport:
 
     def format_table(self) -> str:
         out = [f"model: {self.model_bytes} bytes; flash (aligned): {self.flash_bytes} bytes"]
+        if self.flash:
+            out.append("flash by part: " + ", ".join(f"{part} {n}"
+                                                     for part, n in self.flash.items()))
         if self.arena_minimum is not None:
             out.append(f"arena: {self.arena_minimum} bytes measured minimum, "
                        f"{self.arena_reported} with margin")
@@ -223,7 +234,7 @@ def _tolerance(op: str, dtype: np.dtype, reference: np.ndarray) -> float:
     return 0.0
 
 
-# Loads the model as _layer_by_layer does (TFLite BUILTIN_REF and TFLM keeping every
+# Loads the models as _layer_by_layer does (TFLite BUILTIN_REF and TFLM keeping every
 # tensor) and invokes both once on zeros; prints "ok" when neither crashed.
 _LAYER_PROBE = r"""
 import sys
@@ -233,8 +244,9 @@ from tflite_micro import runtime as tflm
 
 model = open(sys.argv[1], "rb").read()
 arena = int(sys.argv[2])
+lite_model = open(sys.argv[3], "rb").read()
 try:
-    lite = Interpreter(model_content=model,
+    lite = Interpreter(model_content=lite_model,
                        experimental_op_resolver_type=OpResolverType.BUILTIN_REF,
                        experimental_preserve_all_tensors=True)
     lite.allocate_tensors()
@@ -256,29 +268,32 @@ def _layer_arena(graph: FlatbufferModel, arena: int) -> int:
     return arena * 2 + activations + 64 * 1024
 
 
-def _native_crash(model: bytes, arena: int) -> str | None:
-    """Why the layer-by-layer interpreters crash on ``model`` (in a child), or None."""
+def _native_crash(model: bytes, lite_model: bytes, arena: int) -> str | None:
+    """Why the layer-by-layer interpreters (TFLM on ``model``, TFLite on ``lite_model``)
+    crash (in a child), or None."""
     import os
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="tfqnet-check-") as tmp:
-        path = os.path.join(tmp, "model.tflite")
-        with open(path, "wb") as handle:
-            handle.write(model)
-        result = run_python(_LAYER_PROBE, [path, str(_layer_arena(parse_model(model), arena))],
-                            timeout=120.0)
+        paths = [os.path.join(tmp, name) for name in ("model.tflite", "lite.tflite")]
+        for path, data in zip(paths, (model, lite_model), strict=True):
+            with open(path, "wb") as handle:
+                handle.write(data)
+        result = run_python(_LAYER_PROBE, [paths[0], str(_layer_arena(parse_model(model), arena)),
+                                           paths[1]], timeout=120.0)
     if result.crashed or result.returncode is None:
         return f"TFLite's or TFLM's interpreter {describe_exit(result)} on this model"
     return None
 
 
-def _layer_by_layer(graph: FlatbufferModel, model: bytes, inputs: list[np.ndarray],
-                    arena: int, report: CheckReport, progress: Progress) -> None:
+def _layer_by_layer(graph: FlatbufferModel, model: bytes, lite_model: bytes,
+                    inputs: list[np.ndarray], arena: int, report: CheckReport,
+                    progress: Progress) -> None:
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
     from tflite_micro import runtime as tflm
 
     try:
-        lite = Interpreter(model_content=model,
+        lite = Interpreter(model_content=lite_model,
                            experimental_op_resolver_type=OpResolverType.BUILTIN_REF,
                            experimental_preserve_all_tensors=True)
         lite.allocate_tensors()
@@ -421,6 +436,7 @@ def check_model(model: bytes, data=None, keras_model=None, samples: int = DEFAUL
     report.resources = layer_resources(graph)
     report.total_macs = sum(r["macs"] for r in report.resources)
     report.weight_bytes = stored_weight_bytes(model)
+    report.flash = flash_breakdown(graph)
 
     progress("resolution: static op and type table")
     report.resolution_errors = _static_resolution(graph)
@@ -449,11 +465,13 @@ def check_model(model: bytes, data=None, keras_model=None, samples: int = DEFAUL
         report.layer_check = ("skipped: compressed model (TFLM_DECODE), which TFLite's "
                               "interpreter cannot run")
     else:
-        crash = _native_crash(aligned, arena.minimum)
+        # a compacted model's short zero-point arrays are restored for TFLite only
+        lite_model = expand_for_tflite(aligned)
+        crash = _native_crash(aligned, lite_model, arena.minimum)
         if crash:
             report.layer_check = f"failed: {crash}"
         else:
-            _layer_by_layer(graph, aligned, inputs, arena.minimum, report, progress)
+            _layer_by_layer(graph, aligned, lite_model, inputs, arena.minimum, report, progress)
 
     if keras_model is not None:
         progress("Keras QAT model: loading and comparing")
