@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from tflite_micro import runtime as _tflm
 
-from tfqnet.export.flatbuffer import FlatbufferModel
+from tfqnet.micro.model_file import parse_model
 
 #: Arena used when none is given: generous, because too small an arena can crash the
 #: process inside the runtime (measure the real minimum with tfqnet's arena probe).
@@ -63,13 +63,18 @@ class MicroInterpreter:
     ``predict(x)`` takes a batch per model input. Float arrays are quantized with the
     input tensor's scale and zero point; integer arrays of the input dtype are passed
     as they are. Outputs are dequantized to float unless ``raw=True``.
+
+    The runtime trusts the flatbuffer (one wrong tensor index in it crashes the whole
+    process), so the model is first checked in pure Python with the checks of
+    ``tfqnet check`` (:func:`tfqnet.micro.model_file.parse_model`); a corrupt model
+    raises :class:`~tfqnet.errors.InvalidModelFileError` saying what is wrong.
     """
 
     def __init__(self, model: bytes, arena_size: int | None = None):
         self.model = bytes(model)
+        graph = parse_model(self.model)  # before any native code sees the bytes
         arena = arena_size or max(DEFAULT_ARENA_BYTES, 10 * len(self.model))
         self._interpreter = _tflm.Interpreter.from_bytes(self.model, arena_size=arena)
-        graph = FlatbufferModel.from_bytes(self.model)
         self.inputs = [_details(self._interpreter.get_input_details(i))
                        for i in range(len(graph.inputs))]
         self.outputs = [_details(self._interpreter.get_output_details(i))
@@ -107,7 +112,9 @@ class MicroInterpreter:
 
 
 def run_tflm(model: bytes, x, raw: bool = False, arena_size: int | None = None):
-    """One-shot: load ``model`` into the TFLM runtime and predict on the batch ``x``."""
+    """One-shot: load ``model`` into the TFLM runtime and predict on the batch ``x``.
+
+    Raises InvalidModelFileError for a corrupt model (see :class:`MicroInterpreter`)."""
     return MicroInterpreter(model, arena_size).predict(x, raw=raw)
 
 
