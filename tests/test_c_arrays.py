@@ -15,6 +15,7 @@ from tfqnet.errors import InvalidModelFileError
 from tfqnet.export.flatbuffer import FlatbufferModel
 from tfqnet.micro import run_tflm
 from tfqnet.micro.c_arrays import (
+    MAX_IDENTIFIER_CHARS,
     align_flatbuffer,
     c_identifier,
     check_program,
@@ -23,6 +24,7 @@ from tfqnet.micro.c_arrays import (
     parse_c_byte_array,
     write_atomic,
 )
+from tfqnet.micro.op_resolver import op_resolver_header
 
 NAME = "digits"
 ARENA = 12345 * 16
@@ -87,8 +89,45 @@ def test_model_array_round_trips_byte_for_byte(aligned, sources):
 def test_c_identifier_makes_valid_names():
     assert c_identifier("my-model.v2") == "my_model_v2"
     assert c_identifier("9lives") == "m_9lives"
+    assert c_identifier("_my__model_") == "my_model"  # no reserved _X / __ names
+    assert c_identifier("x" * MAX_IDENTIFIER_CHARS) == "x" * MAX_IDENTIFIER_CHARS
     with pytest.raises(ValueError):
         c_identifier("  ")
+
+
+def _all_sources(name: str, tflite: bytes, vectors) -> dict[str, str]:
+    codes, outputs = vectors
+    files = {**model_data_files(name, b"TFL3", ARENA, ARENA - 100),
+             **golden_vector_files(name, [codes], [outputs]),
+             **check_program(name, 1, [outputs.dtype])}
+    files["resolver.h"] = op_resolver_header(tflite, name)
+    return files
+
+
+def test_sources_hold_the_name_only_as_its_identifier(tflite, vectors):
+    name = 'my model "v2" */ #define X //'
+    files = _all_sources(name, tflite, vectors)
+    assert sorted(files)[0].startswith("my_model_v2_define_X_")
+    for text in files.values():
+        assert name not in text and '"v2"' not in text and "#define X" not in text
+        assert set(re.findall(r"model '([^']*)'", text)) == {"my_model_v2_define_X"}
+
+
+@pytest.mark.parametrize("name, message", [
+    ("v\n#define X 1 //", "contains control characters"),  # a newline ends the comment
+    ("x" * 300, f"C identifier of 300 characters; give --name at most {MAX_IDENTIFIER_CHARS}"),
+    ("x" * (MAX_IDENTIFIER_CHARS - 1) + "-2", "of 41 characters"),
+    ("--", "no ASCII letters or digits"),
+], ids=["newline", "300 characters", "41 characters", "punctuation only"])
+def test_names_that_make_no_c_identifier_are_refused(tflite, vectors, name, message):
+    with pytest.raises(ValueError, match=message):
+        _all_sources(name, tflite, vectors)
+    for make in (lambda: model_data_files(name, b"TFL3"),
+                 lambda: golden_vector_files(name, [vectors[0]], [vectors[1]]),
+                 lambda: check_program(name, 1, [np.int8]),
+                 lambda: op_resolver_header(tflite, name)):
+        with pytest.raises(ValueError, match=message):
+            make()
 
 
 COMPILERS = {

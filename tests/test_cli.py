@@ -198,3 +198,16 @@ def test_data_of_the_wrong_shape_is_a_usage_error(work, capsys, tmp_path):
     np.save(tmp_path / "wide.npy", np.zeros((3, 8, 9, 1), np.float32))
     assert main(["check", str(work / "digits.tflite"), "--data", str(tmp_path / "wide.npy")]) == 2
     assert "shape (8, 9, 1)" in _one_error_line(capsys)
+
+
+@pytest.mark.parametrize("name, message", [
+    ("v\n#define X 1 //", "contains control characters"),  # compiled, defining X
+    ("x" * 300, "C identifier of 300 characters; give --name at most 40"),  # was exit 70
+], ids=["newline", "300 characters"])
+def test_export_c_refuses_a_name_that_makes_no_c_identifier(work, capsys, tmp_path, name,
+                                                            message):
+    out = tmp_path / "c"
+    assert main(["export-c", str(work / "digits.tflite"), "--out", str(out),
+                 "--name", name]) == 2
+    assert message in _one_error_line(capsys)
+    assert not out.exists()

@@ -235,7 +235,10 @@ def _parser() -> argparse.ArgumentParser:
                             "arena size, golden vectors and a check program")
     export.add_argument("model", metavar="MODEL.tflite")
     export.add_argument("--out", required=True, metavar="DIR")
-    export.add_argument("--name", required=True, help="C identifier prefix for the files")
+    export.add_argument("--name", required=True,
+                        help="C identifier prefix of the files and symbols (other "
+                        "characters become '_'; at most "
+                        f"{c_arrays.MAX_IDENTIFIER_CHARS} characters)")
     export.add_argument("--inputs", metavar="X.npy",
                         help="float samples (or input codes) for the golden vectors; "
                         "seeded random codes when omitted")
