@@ -125,3 +125,10 @@ def test_resources_count_a_compressed_filter_as_stored(qat_and_tflite):
     assert sum(r["weight_bytes"] for r in filters) == stored_weight_bytes(compressed)
     report = check_model(compressed, samples=4)
     assert report.weight_bytes == stored_weight_bytes(compressed)
+    # TFLite cannot run TFLM_DECODE: the layer-by-layer check is skipped, and says so
+    assert report.passed and report.skipped == [
+        "layer-by-layer skipped: compressed model (TFLM_DECODE), which TFLite's interpreter "
+        "cannot run"]
+    assert report.format_table().rstrip().endswith(f"PASS ({report.skipped[0]})")
+    assert report.verdict(strict=True).startswith("FAIL (strict: layer-by-layer skipped")
+    assert report.to_dict()["skipped"] == report.skipped

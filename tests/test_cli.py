@@ -88,6 +88,23 @@ def test_wrapper_script_on_corrupt_file_has_no_traceback(work):
     assert len(errors) == 1 and "not a valid TFLite model" in errors[0]
 
 
+def test_check_reports_a_skipped_check_and_strict_fails_it(work, capsys):
+    from tfqnet.export.compression import _compressed, _Filter
+    from tfqnet.export.flatbuffer import FlatbufferModel
+
+    tflite = (work / "digits.tflite").read_bytes()
+    graph = FlatbufferModel.from_bytes(tflite)
+    fc1 = next(op for op in graph.operators if op.name == "FULLY_CONNECTED")
+    path = work / "compressed.tflite"  # TFLite cannot run it: layer by layer is skipped
+    path.write_bytes(_compressed(tflite, [_Filter(0, fc1.inputs[1], 4, None)]))
+    assert main(["check", str(path), "--samples", "4", "--quiet"]) == 0
+    last = capsys.readouterr().out.rstrip().splitlines()[-1]
+    assert last.startswith("PASS (layer-by-layer skipped: compressed model")
+    assert main(["check", str(path), "--samples", "4", "--quiet", "--strict"]) == 1
+    last = capsys.readouterr().out.rstrip().splitlines()[-1]
+    assert last.startswith("FAIL (strict: layer-by-layer skipped: compressed model")
+
+
 def test_check_passes_and_writes_json(work, capsys):
     report = work / "report.json"
     code = main(["check", str(work / "digits.tflite"), "--data", str(work / "x.npy"),

@@ -11,6 +11,7 @@ from tests.helpers import fine_tune, top1_agreement
 from tests.micro_helpers import compact_exactly
 from tfqnet._keras import keras
 from tfqnet.export.compression import compress, compress_ternary, stored_weight_bytes
+from tfqnet.micro.checker import check_model
 from tfqnet.micro.resources import layer_resources
 from tfqnet.quantizers.crq import (
     ClusterRegularizer,
@@ -250,6 +251,10 @@ def test_depthwise_kernel_exports_ternary_and_compresses(digits):
     assert set(np.unique(codes)) <= {-1, 0, 1}
     x = digits.x_test[:100]
     assert top1_agreement(qat, flatbuffer, x) >= 0.99
+    # TFLite's reference kernels have no INT4 depthwise: checked on its int8 codes instead
+    report = check_model(flatbuffer, data=x[:16], samples=16)
+    assert report.passed and report.layer_check == "passed" and not report.skipped
+    assert "DEPTHWISE_CONV_2D" in {r.op for r in report.layers}
     with pytest.warns(UserWarning, match="TensorFlow Lite Micro only"):
         compressed = compress_ternary(flatbuffer)
     np.testing.assert_array_equal(

@@ -190,8 +190,8 @@ def _check(args) -> int:
     else:
         if args.json:
             write_atomic(Path(args.json), text)
-        print(report.format_table())
-    return EXIT_OK if report.passed else EXIT_FAILED
+        print(report.format_table(strict=args.strict))
+    return EXIT_OK if report.passed and not (args.strict and report.skipped) else EXIT_FAILED
 
 
 def _compact(args) -> int:
@@ -259,6 +259,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="least top-1 agreement with the Keras model (default 0.95)")
     check.add_argument("--force", action="store_true", help="overwrite an existing --json")
     check.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    check.add_argument("--strict", action="store_true", help="a skipped check fails (exit 1)")
     check.set_defaults(run=_check)
 
     shrink = sub.add_parser("compact", help="drop what TFLite Micro never reads from a "

@@ -33,6 +33,7 @@ from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as sch
 
 from tfqnet.errors import InvalidModelFileError
 from tfqnet.export.flatbuffer import FlatbufferModel, op_layer
+from tfqnet.tflite_format import unpack_int4
 
 #: metadata entries the converter writes and TFLM never reads
 UNREAD_METADATA = frozenset({"min_runtime_version", "CONVERSION_METADATA"})
@@ -40,6 +41,8 @@ UNREAD_METADATA = frozenset({"min_runtime_version", "CONVERSION_METADATA"})
 BIAS_SCALE_FREE_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D"})
 #: alignment of every buffer's data, as TFLM's flatbuffer aligner writes it
 BUFFER_ALIGNMENT = 16
+#: the newest DEPTHWISE_CONV_2D version with int8 filters (7 reads INT4 filters)
+INT8_DEPTHWISE_VERSION = 6
 
 _OP_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
 
@@ -179,8 +182,11 @@ def compact(flatbuffer: bytes, keep_layer_names: bool = True) -> bytes:
 
 
 def expand_for_tflite(flatbuffer: bytes) -> bytes:
-    """A compacted model as TFLite's interpreter reads it: every zero-point array as
-    long as its scales again. Unchanged when nothing is short."""
+    """A model TFLite's reference interpreter loads and that computes what TFLM computes
+    on ``flatbuffer``: every zero-point array as long as its scales again, and INT4
+    depthwise filters (TFLite's BUILTIN_REF has no DEPTHWISE_CONV_2D v7) unpacked to
+    int8 codes (the values TFLM unpacks them to) under an int8 version of the op.
+    Unchanged when neither applies."""
     _, model = _read(flatbuffer)
     changed = False
     for subgraph in model.subgraphs or []:
@@ -190,6 +196,23 @@ def expand_for_tflite(flatbuffer: bytes) -> bytes:
                     and 0 < len(q.zeroPoint) < len(q.scale):
                 q.zeroPoint = [int(q.zeroPoint[0])] * len(q.scale)
                 changed = True
+        for op in subgraph.operators or []:
+            if _op_name(model, op) != "DEPTHWISE_CONV_2D" or len(op.inputs) < 2:
+                continue
+            tensor = subgraph.tensors[op.inputs[1]]
+            buffer = model.buffers[tensor.buffer]
+            if tensor.type != schema.TensorType.INT4 or buffer.data is None:
+                continue
+            count = int(np.prod(tensor.shape)) if tensor.shape is not None else 1
+            codes = unpack_int4(np.asarray(buffer.data, np.uint8).tobytes(), count)
+            replacement = schema.BufferT()
+            replacement.data = codes.view(np.uint8)
+            tensor.buffer = len(model.buffers)
+            model.buffers.append(replacement)
+            tensor.type = schema.TensorType.INT8
+            code = model.operatorCodes[op.opcodeIndex]
+            code.version = min(code.version, INT8_DEPTHWISE_VERSION)
+            changed = True
     if not changed:
         return bytes(flatbuffer)
     model.buffers = [_aligned(b) for b in model.buffers or []]

@@ -100,16 +100,34 @@ class CheckReport:
         return found
 
     @property
+    def skipped(self) -> list[str]:
+        """Checks that did not run on this model, with the reason (never a pass)."""
+        if self.layer_check.startswith("skipped: "):
+            return ["layer-by-layer skipped: " + self.layer_check[len("skipped: "):]]
+        return []
+
+    @property
     def passed(self) -> bool:
+        """No check failed; ``skipped`` lists those that did not run."""
         return not self.failures
+
+    def verdict(self, strict: bool = False) -> str:
+        """``PASS``, ``PASS (<what was skipped>)`` or ``FAIL (...)``; with ``strict`` a
+        skipped check is a failure."""
+        if not self.passed:
+            return f"FAIL ({len(self.failures)} problem(s))"
+        if self.skipped:
+            return ("FAIL (strict: " if strict else "PASS (") + "; ".join(self.skipped) + ")"
+        return "PASS"
 
     def to_dict(self) -> dict:
         data = asdict(self)
         data["passed"] = self.passed
         data["failures"] = self.failures
+        data["skipped"] = self.skipped
         return data
 
-    def format_table(self) -> str:
+    def format_table(self, strict: bool = False) -> str:
         out = [f"model: {self.model_bytes} bytes; flash (aligned): {self.flash_bytes} bytes"]
         if self.flash:
             out.append("flash by part: " + ", ".join(f"{part} {n}"
@@ -153,7 +171,7 @@ class CheckReport:
                            f"{r['weight_params']:>8} {r['macs']:>10} "
                            f"{r['other_const_bytes']:>9}")
         out.append("")
-        out.append("PASS" if self.passed else f"FAIL ({len(self.failures)} problem(s))")
+        out.append(self.verdict(strict))
         return "\n".join(out)
 
 
