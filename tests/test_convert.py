@@ -6,6 +6,7 @@ import pytest
 import tfqnet
 from tests.helpers import fine_tune, top1_agreement
 from tests.micro_helpers import compact_exactly
+from tfqnet._keras import keras
 from tfqnet.core.config import quantizers_of
 from tfqnet.export.flatbuffer import packed_bytes
 
@@ -85,6 +86,36 @@ def test_convert_refuses_an_untrained_model(float_digits_model, digits):
 def test_bad_representative_data_is_refused(trained, digits, make_data, message):
     with pytest.raises(ValueError, match=message):
         tfqnet.convert(trained[8][0], make_data(digits.x_train))
+
+
+def _small_cnn(shape):
+    L = keras.layers
+    inputs = keras.Input(shape)
+    x = L.Conv2D(4, 3, padding="same", activation="relu", name="conv")(inputs)
+    return keras.Model(inputs, L.Dense(10, name="logits")(L.GlobalAveragePooling2D()(x)))
+
+
+def test_unfixed_input_sizes_are_refused_and_the_advice_works(digits):
+    """A model on Input((None, None, 1)) would convert to a (1, 1, 1, 1) input; convert
+    refuses it, and the fix it names (the same model on a fixed input, weights copied)
+    converts to a model TFLM runs as the QAT model does."""
+    keras.utils.set_random_seed(0)
+    qat = fine_tune(tfqnet.quantize_model(_small_cnn((None, None, 1)), weight_bits=4),
+                    digits)
+    with pytest.raises(ValueError, match=r"keras.Input\(shape=\(8, 8, 1\)\)"):
+        tfqnet.convert(qat, digits.x_train)
+    fixed = tfqnet.quantize_model(_small_cnn((8, 8, 1)), weight_bits=4)
+    fixed.set_weights(qat.get_weights())
+    x = digits.x_test[:64]
+    np.testing.assert_array_equal(fixed.predict(x, verbose=0), qat.predict(x, verbose=0))
+    assert top1_agreement(fixed, tfqnet.convert(fixed, digits.x_train), x) >= 0.98
+
+
+def test_a_float_model_converts_as_post_training_int8_with_a_warning(float_digits_model, digits):
+    with pytest.warns(UserWarning, match="plain post-training int8"):
+        flatbuffer = tfqnet.convert(float_digits_model, digits.x_train[:50])
+    model = tfqnet.FlatbufferModel.from_bytes(flatbuffer)
+    assert {t.type for t in model.weight_tensors()} == {"INT8"} and not model.float_tensors()
 
 
 def test_skipped_layer_is_quantized_post_training(float_digits_model, digits):

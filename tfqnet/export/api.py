@@ -39,6 +39,14 @@ def _as_input_list(model: keras.Model, data) -> list[np.ndarray]:
     for array, model_input in zip(arrays, model.inputs, strict=True):
         array = np.asarray(array)
         expected = tuple(model_input.shape[1:])
+        if None in expected:
+            fixed = ", ".join(str(a) for a in array.shape[1:]) if array.ndim > 1 else "..."
+            raise ValueError(
+                f"input {model_input.name!r} has shape (None, "
+                f"{', '.join(str(e) for e in expected)}): TFLite Micro needs every size but "
+                f"the batch fixed; build the model on keras.Input(shape=({fixed})) (the "
+                "shape of your samples) and copy the weights over with set_weights."
+            )
         if array.ndim != len(expected) + 1 or any(
             e is not None and e != a for e, a in zip(expected, array.shape[1:], strict=True)
         ):
@@ -154,6 +162,13 @@ def convert(
     samples = _as_input_list(qat_model, representative_data)
     auto_bits = _auto_index_bits(qat_model) if compress == "auto" else None
     _check_initialized(qat_model)
+    if not quantizers_of(qat_model):
+        warnings.warn(
+            "tfqnet.convert got a model without tfqnet quantizers: it is converted as plain "
+            "post-training int8, its ranges taken from representative_data. For learned "
+            "low-bit grids, convert the model tfqnet.quantize_model returns, after training.",
+            stacklevel=2,
+        )
     # the hooks get what "auto" decided: whether the conversion compresses
     _prepare_export(qat_model, (auto_bits is not None) if compress == "auto" else compress)
     keras_model = qat_model
@@ -175,10 +190,11 @@ def convert(
     tflite.check_integer_only(flatbuffer, input_type, output_type)
     if compress == "auto":
         if auto_bits is not None:
-            flatbuffer = _compress_auto(flatbuffer, auto_bits)
+            flatbuffer = _compress_auto(flatbuffer, auto_bits, compact)
     elif compress:
         flatbuffer = compression.compress(flatbuffer,
-                                          bits=None if compress is True else int(compress))
+                                          bits=None if compress is True else int(compress),
+                                          compacted=compact)
     return compaction.compact(flatbuffer) if compact else bytes(flatbuffer)
 
 
@@ -195,8 +211,8 @@ def _auto_index_bits(model: keras.Model) -> int | None:
     return None
 
 
-def _compress_auto(flatbuffer: bytes, max_index_bits: int) -> bytes:
-    compressed, layers = compression.compress_narrow(flatbuffer, max_index_bits)
+def _compress_auto(flatbuffer: bytes, max_index_bits: int, compacted: bool) -> bytes:
+    compressed, layers = compression.compress_narrow(flatbuffer, max_index_bits, compacted)
     if layers:
         warnings.warn(
             f"tfqnet.convert stored {len(layers)} kernel(s) as TFLM lookup-table indices "

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -33,6 +33,7 @@ from tflite_micro.tensorflow.lite.micro.compression import (
 from tflite_micro.tensorflow.lite.micro.compression import model_editor, spec
 from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
 
+from tfqnet.export.compact import compact
 from tfqnet.export.flatbuffer import FlatbufferModel, op_layer
 from tfqnet.tflite_format import (
     DECODE_OP,
@@ -81,7 +82,7 @@ def _compressed_size(codes: np.ndarray, width: int, axis: int | None) -> int:
     return lut_weight_bytes(codes.size, width, len(tables), stride)
 
 
-def compress(flatbuffer: bytes, bits: int | None = None) -> bytes:
+def compress(flatbuffer: bytes, bits: int | None = None, compacted: bool = False) -> bytes:
     """Stores filters with few distinct values as bit-packed indices (TFLM only).
 
     Every constant filter (input 1 of CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED,
@@ -97,8 +98,10 @@ def compress(flatbuffer: bytes, bits: int | None = None) -> bytes:
     a depthwise or small filter saves), and filters are added while the file shrinks
     (largest saving first). Tables are per channel for
     per-channel quantized filters, else per tensor. INT4 filters are unpacked to INT8
-    first (TFLM compression does not read INT4). Raises ValueError if no filter
-    qualifies or the result would not be smaller than ``flatbuffer``.
+    first (TFLM compression does not read INT4). ``compacted``: sizes are compared as
+    the files will be stored after :func:`tfqnet.export.compact.compact` (which
+    shrinks each decoded tensor's metadata, so smaller filters pay). Raises ValueError
+    if no filter qualifies or the result would not be smaller than ``flatbuffer``.
 
     **The returned model runs on TensorFlow Lite Micro only** (op ``TFLM_DECODE``);
     a warning says so.
@@ -109,37 +112,45 @@ def compress(flatbuffer: bytes, bits: int | None = None) -> bytes:
         raise ValueError(
             f"bits must be None or an integer from 1 to {MAX_INDEX_BITS}, got {bits!r}"
         )
-    compressed, _ = _compress_where_smaller(flatbuffer, bits, MAX_INDEX_BITS)
+    compressed, _ = _compress_where_smaller(flatbuffer, bits, MAX_INDEX_BITS, compacted)
     if compressed is None:
         limit = f"{bits}-bit" if bits is not None else "narrower-than-container"
         raise ValueError(
             f"no INT4/INT8 filter has few enough distinct values for {limit} indices "
             "and enough weights for compression to make the model smaller"
         )
-    if len(compressed) >= len(flatbuffer):
+    size = _stored_size(compacted)
+    if size(compressed) >= size(flatbuffer):
         raise ValueError(
-            f"compression would not make this model smaller ({len(compressed)} bytes "
-            f"compressed vs {len(flatbuffer)}): its filters are too small for the value "
+            f"compression would not make this model smaller ({size(compressed)} bytes "
+            f"compressed vs {size(flatbuffer)}): its filters are too small for the value "
             "tables and per-tensor decode overhead to pay off; keep it uncompressed"
         )
     warnings.warn(TFLM_ONLY_WARNING, stacklevel=2)
     return compressed
 
 
-def compress_narrow(flatbuffer: bytes, max_index_bits: int) -> tuple[bytes, list[str]]:
+def compress_narrow(flatbuffer: bytes, max_index_bits: int,
+                    compacted: bool = False) -> tuple[bytes, list[str]]:
     """``flatbuffer`` with the filters whose values fit at most ``max_index_bits``-bit
     indices stored so, where that makes the file smaller (the rules of
     :func:`compress` with ``bits=None``), and the layers whose filters it compressed.
     Returns ``flatbuffer`` unchanged and ``[]`` when none qualifies; never raises for
     that. A compressed result runs on TFLM only."""
-    compressed, layers = _compress_where_smaller(flatbuffer, None, max_index_bits)
-    if compressed is None or len(compressed) >= len(flatbuffer):
+    compressed, layers = _compress_where_smaller(flatbuffer, None, max_index_bits, compacted)
+    size = _stored_size(compacted)
+    if compressed is None or size(compressed) >= size(flatbuffer):
         return bytes(flatbuffer), []
     return compressed, layers
 
 
+def _stored_size(compacted: bool) -> Callable[[bytes], int]:
+    """Bytes a flatbuffer will be stored in: as it is, or after compaction."""
+    return (lambda data: len(compact(data))) if compacted else len
+
+
 def _compress_where_smaller(
-    flatbuffer: bytes, bits: int | None, max_index_bits: int
+    flatbuffer: bytes, bits: int | None, max_index_bits: int, compacted: bool
 ) -> tuple[bytes | None, list[str]]:
     """The compressed flatbuffer and its compressed filters' layers (None, [] when no
     filter qualifies)."""
@@ -183,17 +194,18 @@ def _compress_where_smaller(
     # Sizes are measured, not estimated: flatbuffer alignment makes savings of several
     # filters not add up. Each whole-buffer group is tried alone, then added greedily,
     # largest saving first, while the file keeps shrinking.
-    smallest = len(_compressed(flatbuffer, []))  # rebuilt as the compressed ones are
+    size = _stored_size(compacted)
+    smallest = size(_compressed(flatbuffer, []))  # rebuilt as the compressed ones are
     alone = {
-        buffer: len(_compressed(flatbuffer, filters))
+        buffer: size(_compressed(flatbuffer, filters))
         for buffer, filters in groups.items()
         if len(filters) == len(users[buffer])
     }
     chosen_filters: list[_Filter] = []
     for buffer in sorted((b for b in alone if alone[b] < smallest), key=alone.get):
-        size = len(_compressed(flatbuffer, chosen_filters + groups[buffer]))
-        if size < smallest:
-            chosen_filters, smallest = chosen_filters + groups[buffer], size
+        total = size(_compressed(flatbuffer, chosen_filters + groups[buffer]))
+        if total < smallest:
+            chosen_filters, smallest = chosen_filters + groups[buffer], total
     if not chosen_filters:
         return None, []
     layers = []
