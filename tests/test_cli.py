@@ -228,3 +228,10 @@ def test_export_c_refuses_a_name_that_makes_no_c_identifier(work, capsys, tmp_pa
                  "--name", name]) == 2
     assert message in _one_error_line(capsys)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("value", ["nan", "1.5", "-0.1"])
+def test_check_refuses_a_min_agreement_that_is_no_fraction(work, capsys, value):
+    assert main(["check", str(work / "digits.tflite"), "--min-agreement", value]) == 2
+    assert (f"--min-agreement must be a fraction from 0 to 1 (e.g. 0.95), got "
+            f"{float(value)!r}") in _one_error_line(capsys)

@@ -152,6 +152,54 @@ def test_bad_method_options_fail_at_quantize_model(small_model, kwargs, message)
         tfqnet.quantize_model(small_model, **kwargs)
 
 
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"overrides": {"d": {"wbits": 2}}}, ValueError,  # was ignored
+         r"overrides\['d'\] has unknown key 'wbits'; the keys are weight_bits, "
+         r"activation_bits, e\.g\. \{'weight_bits': 8\}"),
+        ({"overrides": {"d": 4}}, TypeError,
+         r"overrides\['d'\] must be a non-empty dict of bits, like \{'weight_bits': 8\}; got 4"),
+        ({"overrides": {"d": {}}}, TypeError, r"overrides\['d'\] must be a non-empty dict"),
+        ({"overrides": ["d"]}, TypeError,
+         r"overrides must be a dict of layer name -> bits, like \{'conv1': \{'weight_bits': "
+         r"8\}\} .*; got list \['d'\]"),
+        ({"overrides": {"d": {"activation_bits": 1}}}, ValueError,
+         "activation_bits of layer 'd' must be an integer from 2 to 8, got 1"),
+        ({"skip": "d"}, TypeError,
+         r"skip must be a list of layer names, like skip=\['d'\]; got str 'd'"),
+        ({"skip": [3]}, TypeError, r"skip must hold layer names \(strings\).*got 3"),
+        ({"method": "crq", "strenght": 1e-3}, TypeError,  # was "__init__() got an unexpected"
+         r"method 'crq' has no option 'strenght'; its options are strength, hard_fraction "
+         r"\(see help\(tfqnet\.quantizers\.crq\)\)"),
+        ({"method": "qn", "level": "ternary"}, TypeError, "method 'qn' has no option 'level'"),
+        ({"levels": 3}, TypeError, "method 'uniform' has no option 'levels'; it takes no "),
+    ],
+    ids=["override key misspelled", "override not a dict", "override empty",
+         "overrides a list", "override bits", "skip a string", "skip not names",
+         "crq option misspelled", "qn option misspelled", "uniform has no options"],
+)
+def test_malformed_arguments_fail_in_one_line_before_any_work(small_model, monkeypatch,
+                                                              kwargs, error, message):
+    from tfqnet.quantize import api
+
+    def work(*args, **kwargs):
+        raise AssertionError("quantize_model started working before checking its arguments")
+
+    monkeypatch.setattr(api.keras.models, "clone_model", work)
+    monkeypatch.setattr(api, "_check_layers", work)
+    with pytest.raises(error, match=message) as raised:
+        tfqnet.quantize_model(small_model, **kwargs)
+    assert "\n" not in str(raised.value)
+
+
+def test_skip_and_overrides_none_mean_no_layers(small_model):
+    q = tfqnet.quantize_model(small_model, skip=None, overrides=None)
+    assert [type(layer) for layer in q.layers] == [
+        type(layer) for layer in tfqnet.quantize_model(small_model).layers]
+    assert q.get_layer("quant_d") and q.get_layer("quant_out")  # both quantized
+
+
 @pytest.fixture(scope="module")
 def untrained_qat(small_model):
     return tfqnet.quantize_model(small_model)

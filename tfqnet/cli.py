@@ -167,6 +167,9 @@ def _check(args) -> int:
             raise _UsageError(f"--json {args.json}: its directory does not exist")
     if args.samples < 1:
         raise _UsageError("--samples must be at least 1")
+    if not 0.0 <= args.min_agreement <= 1.0:  # NaN too: it would pass every comparison
+        raise _UsageError(f"--min-agreement must be a fraction from 0 to 1 (e.g. 0.95), got "
+                          f"{args.min_agreement!r}")
 
 
     keras_model = None

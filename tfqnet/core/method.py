@@ -9,6 +9,7 @@ all the rest of tfqnet knows of methods.
 from __future__ import annotations
 
 import abc
+import inspect
 from typing import Any, ClassVar
 
 from tfqnet.core.quantizer import Quantizer
@@ -57,12 +58,31 @@ def register_method(cls: type[QuantizationMethod]) -> type[QuantizationMethod]:
     return cls
 
 
+def method_options(cls: type[QuantizationMethod]) -> list[str]:
+    """The option names a method takes: the keyword parameters of its ``__init__``."""
+    parameters = inspect.signature(cls.__init__).parameters.values()
+    return [p.name for p in parameters if p.name != "self"
+            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
 def get_method(name: str, **options: Any) -> QuantizationMethod:
-    if name not in _METHODS:
+    """The method ``name`` built with ``options``; ValueError for an unknown method,
+    TypeError naming the method's options for an option it does not take (checked
+    here, before the method's ``__init__`` sees them)."""
+    if not isinstance(name, str) or name not in _METHODS:
         raise ValueError(
             f"unknown quantization method {name!r}; choose one of {sorted(_METHODS)}."
         )
-    return _METHODS[name](**options)
+    cls = _METHODS[name]
+    known = method_options(cls)
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        takes = f"its options are {', '.join(known)}" if known else "it takes no options"
+        raise TypeError(
+            f"method {name!r} has no option {', '.join(map(repr, unknown))}; {takes} "
+            f"(see help(tfqnet.quantizers.{cls.__module__.split('.')[2]}))."
+        )
+    return cls(**options)
 
 
 def method_names() -> list[str]:

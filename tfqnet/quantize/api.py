@@ -15,7 +15,7 @@ from tfqnet.core.method import get_method
 from tfqnet.core.policy import check_policy, policy_layers
 from tfqnet.errors import UnsupportedLayerError
 from tfqnet.layers import PIXEL_EMBEDDING_OPTIONS, add_pixel_embedding
-from tfqnet.quantize.registry import QuantizeRegistry, unsupported_reason
+from tfqnet.quantize.registry import QuantizeRegistry, check_overrides, unsupported_reason
 from tfqnet.quantize.scheme import QuantizeScheme
 from tfqnet.quantize.transforms import InputQuantizeLayer
 
@@ -91,6 +91,21 @@ def _concat_producers(model: keras.Model) -> frozenset[str]:
     return frozenset(found)
 
 
+def _check_skip(skip: object) -> set[str]:
+    """``skip`` as a set of layer names (None: none), or a one-line TypeError."""
+    if skip is None:
+        return set()
+    if isinstance(skip, str | bytes) or not isinstance(skip, Iterable):
+        raise TypeError(f"skip must be a list of layer names, like skip=[{skip!r:.60}]; got "
+                        f"{type(skip).__name__} {skip!r:.60}")
+    names = list(skip)
+    for name in names:
+        if not isinstance(name, str):
+            raise TypeError(f"skip must hold layer names (strings), like skip=['conv1']; "
+                            f"got {name!r:.60}")
+    return set(names)
+
+
 def _output_layer_names(model: keras.Model) -> frozenset[str]:
     return frozenset(layer.name for layer in model._output_layers)
 
@@ -101,7 +116,7 @@ def quantize_model(
     weight_bits: int | None = None,
     activation_bits: int = 8,
     *,
-    skip: Iterable[str] = (),
+    skip: Iterable[str] | None = (),
     overrides: Mapping[str, Mapping[str, int]] | None = None,
     policy: str | None = "auto",
     pixel_embedding: bool | Mapping[str, Any] = False,
@@ -117,9 +132,11 @@ def quantize_model(
         ``tfqnet.convert`` stores kernels as TFLM lookup-table indices where that is
         smaller (``compress="auto"``).
       activation_bits: activation bits, 2..8 (deployed in int8 tensors on the same grid).
-      skip: names of layers to leave float during QAT (converted post-training to int8).
-      overrides: per-layer bits, e.g. ``{"conv2d": {"weight_bits": 8}}``; they win over
-        the policy.
+      skip: names of layers to leave float during QAT (converted post-training to int8),
+        e.g. ``["conv1"]``; None: no layers.
+      overrides: per-layer bits, ``{layer name: {"weight_bits": b, "activation_bits":
+        b}}`` (either key or both), e.g. ``{"conv2d": {"weight_bits": 8}}``; they win over
+        the policy. None: no overrides.
       policy: which layers keep 8-bit weights (:mod:`tfqnet.core.policy`): ``"auto"``
         (the first and the last weighted layer and depthwise kernels when
         ``weight_bits < 4``),
@@ -132,6 +149,10 @@ def quantize_model(
         :func:`tfqnet.layers.add_pixel_embedding`; convert with ``tfqnet.convert``).
       **options: method options (see the method's quantizer module).
 
+    Malformed arguments (a string for ``skip``, an unknown key in ``overrides``, an
+    option the method does not take, bits out of range) raise a one-line ValueError or
+    TypeError naming the argument, the value and the accepted form, before any work.
+
     The model input and the model outputs use 8-bit grids; BatchNormalization after a
     convolution/Dense is folded into it; a ReLU after one is fused into it. Fine-tune
     the result with ``fit`` and the callbacks from :func:`tfqnet.callbacks`, then
@@ -139,6 +160,8 @@ def quantize_model(
     """
     require_tf_keras_model(model)
     check_policy(policy)
+    skip = _check_skip(skip)
+    overrides = check_overrides(overrides)
     quantization_method = get_method(method, **options)
     weight_bits = quantization_method.resolve_weight_bits(weight_bits)
     grid.check_bits(weight_bits, "weight_bits")
@@ -153,8 +176,7 @@ def quantize_model(
             f"model {model.name!r} is not built; call model.build(input_shape) or give its "
             "first layer an input shape."
         )
-    skip = set(skip)
-    unknown = skip.union(overrides or {}) - {layer.name for layer in model.layers}
+    unknown = skip.union(overrides) - {layer.name for layer in model.layers}
     if unknown:
         raise ValueError(f"skip/overrides name layers the model does not have: {sorted(unknown)}")
     if pixel_embedding is not False:
@@ -170,8 +192,6 @@ def quantize_model(
         no_output_grid=_concat_producers(model),
         policy=policy_layers(model, policy, weight_bits),
     )
-    for name in overrides or {}:
-        registry.bits_for(name)  # validate override bits before any work
 
     def annotate(layer):
         if layer.name in skip or isinstance(layer, L.InputLayer):

@@ -70,6 +70,41 @@ def unsupported_reason(layer: keras.layers.Layer) -> str | None:
     return f"tfqnet has no quantization rule for {type(layer).__name__} layers"
 
 
+#: the keys of one layer's entry in ``quantize_model(overrides=...)``
+OVERRIDE_KEYS = ("weight_bits", "activation_bits")
+_OVERRIDES_FORM = "{'conv1': {'weight_bits': 8}} (keys: weight_bits, activation_bits)"
+
+
+def check_overrides(overrides: object) -> dict[str, dict[str, int]]:
+    """``overrides`` as ``{layer name: {key: bits}}`` (None: no overrides), each key one
+    of :data:`OVERRIDE_KEYS` and each value valid bits; else a one-line TypeError or
+    ValueError naming the entry, the value and the accepted form (a misspelled key
+    would otherwise be ignored)."""
+    if overrides is None:
+        return {}
+    if not isinstance(overrides, Mapping):
+        raise TypeError(f"overrides must be a dict of layer name -> bits, like "
+                        f"{_OVERRIDES_FORM}; got {type(overrides).__name__} {overrides!r:.80}")
+    checked = {}
+    for name, bits in overrides.items():
+        if not isinstance(name, str):
+            raise TypeError(f"overrides are keyed by layer name (a string), got {name!r}; "
+                            f"give e.g. {_OVERRIDES_FORM}")
+        if not isinstance(bits, Mapping) or not bits:
+            raise TypeError(f"overrides[{name!r}] must be a non-empty dict of bits, like "
+                            f"{{'weight_bits': 8}}; got {bits!r:.80}")
+        unknown = [key for key in bits if key not in OVERRIDE_KEYS]
+        if unknown:
+            raise ValueError(f"overrides[{name!r}] has unknown key {unknown[0]!r}; the keys "
+                             f"are {', '.join(OVERRIDE_KEYS)}, e.g. {{'weight_bits': 8}}")
+        checked[name] = {
+            key: grid.check_bits(value, f"{key} of layer {name!r}",
+                                 grid.ACTIVATION_BITS if key == "activation_bits"
+                                 else grid.WEIGHT_BITS)
+            for key, value in bits.items()}
+    return checked
+
+
 @dataclass(frozen=True)
 class LayerBits:
     weight_bits: int
@@ -101,7 +136,7 @@ class QuantizeRegistry(tfmot.quantization.keras.QuantizeRegistry):
     ):
         self.method = method
         self.default_bits = LayerBits(weight_bits, activation_bits)
-        self.overrides = {name: dict(o) for name, o in (overrides or {}).items()}
+        self.overrides = check_overrides(overrides)
         self.output_layers = output_layers
         self.no_output_grid = no_output_grid
         self.policy = dict(policy or {})
