@@ -44,6 +44,7 @@ from benchmarks.tasks import PIXEL_SCALE, Task
 from tfqnet._keras import keras
 from tfqnet.core.policy import policy_layers
 from tfqnet.export.compression import stored_weight_bytes
+from tfqnet.export.flatbuffer import flash_breakdown
 from tfqnet.micro.arena import measure_arena
 from tfqnet.micro.c_arrays import align_flatbuffer
 from tfqnet.models import compile_classifier
@@ -165,6 +166,7 @@ def measure(ctx: Context, result: Measurement, flatbuffer: bytes, keras_logits: 
     result.agreement = float(np.mean(tflm_logits.argmax(-1) == keras_logits.argmax(-1)))
     result.flatbuffer_bytes = len(flatbuffer)
     result.weight_bytes = weight_bytes(flatbuffer)
+    result.extra["flash"] = flash_breakdown(flatbuffer)
     if ctx.measure_arena and ctx.seed == 0:  # the arena depends on the graph, not the seed
         arena = measure_arena(align_flatbuffer(flatbuffer))
         result.arena_bytes, result.arena_reported = arena.minimum, arena.reported

@@ -67,6 +67,7 @@ from benchmarks.rows import (
     train_float,
 )
 from benchmarks.tasks import TASKS
+from tfqnet.export.flatbuffer import FLASH_PARTS
 
 PLOTS = Path(__file__).resolve().parent / "plots"
 TFMOT_DEFAULT = "TFMOT default 8-bit"
@@ -459,6 +460,13 @@ def _body(args, budget, runs, summaries, tasks, plots, seconds) -> str:
         "columns apply the same check to the other task.\n\n"
         + markdown_table(["issue", "target", *(tasks[t].short for t in runs)],
                          target_rows(numbers)))
+    for t, r in runs.items():
+        flash = [[name, *(m[0].extra["flash"][part] for part in FLASH_PARTS)]
+                 for name, m in r.items() if m and "flash" in m[0].extra]
+        if flash:
+            parts.append(f"### Flash by part, {tasks[t].short} (seed 0, bytes; "
+                         "`tfqnet.flash_breakdown`)\n\n"
+                         + markdown_table(["row", *FLASH_PARTS], flash))
     images = "\n\n".join(
         f"![{p.stem}]({os.path.relpath(p, Path(args.markdown).resolve().parent)})"
         for p in plots)

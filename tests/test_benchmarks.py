@@ -15,6 +15,7 @@ import tfqnet  # noqa: F401  (first: makes tf.keras tf-keras)
 from benchmarks import suite
 from benchmarks.charts import pareto_front
 from tfqnet._keras import keras
+from tfqnet.export.flatbuffer import FLASH_PARTS
 from tfqnet.models import mobilenet_v2_tiny
 
 #: a few rows that cover each kind: float, TFMOT (the step-time reference, and one that
@@ -59,6 +60,12 @@ def test_table_has_every_column_and_row(quick):
     assert all(name.startswith(r) for name, r in zip(names, ROWS, strict=True))
     assert all(len(row) == len(suite.COLUMNS) and all(row) for row in body)
     assert machine_line(text)
+    flash = table_after(text, "### Flash by part, digits CNN")
+    assert flash[0] == ["row", *FLASH_PARTS]
+    sizes = {row[0]: row[suite.COLUMNS.index("flatbuffer bytes")] for row in body}
+    parts = {row[0]: sum(int(n) for n in row[1:]) for row in flash[2:]}
+    assert "tfqnet uniform W4A8" in parts
+    assert all(str(total) == sizes[name] for name, total in parts.items())  # parts add up
 
 
 def machine_line(text: str) -> bool:
