@@ -235,3 +235,42 @@ def test_check_refuses_a_min_agreement_that_is_no_fraction(work, capsys, value):
     assert main(["check", str(work / "digits.tflite"), "--min-agreement", value]) == 2
     assert (f"--min-agreement must be a fraction from 0 to 1 (e.g. 0.95), got "
             f"{float(value)!r}") in _one_error_line(capsys)
+
+
+def _fail_on_call(monkeypatch, module, name: str, call: int, error: OSError):
+    """``module.name`` raises ``error`` on its ``call``-th use (counting from 1) only."""
+    real, calls = getattr(module, name), []
+
+    def wrapped(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == call:
+            raise error
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, wrapped)
+    return calls
+
+
+def test_export_c_replaces_all_files_or_none(work, capsys, tmp_path, monkeypatch):
+    from tfqnet import _files
+
+    out = tmp_path / "c"
+    base = ["export-c", str(work / "digits.tflite"), "--out", str(out), "--name", "digits"]
+    assert main([*base, "--count", "3"]) == 0
+    old = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert sorted(old) == sorted(FILES)
+    capsys.readouterr()
+    # The fourth file fails to move in place (a full disk, a file system error).
+    calls = _fail_on_call(monkeypatch, _files.os, "replace", 4,
+                          OSError(28, "No space left on device"))
+    assert main([*base, "--count", "2", "--force"]) == 2
+    err = capsys.readouterr().err  # progress lines, then one error line
+    assert [ln for ln in err.splitlines() if ln.startswith("tfqnet:")] == [
+        f"tfqnet: error: cannot write to --out {out}: No space left on device; no file was "
+        "changed"]
+    assert len(calls) > 4  # the three moved in were moved back
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == old
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]  # no temporary directory
+    monkeypatch.undo()
+    assert main([*base, "--count", "2", "--force"]) == 0
+    assert "#define DIGITS_TEST_COUNT 2" in (out / "digits_test_data.h").read_text()

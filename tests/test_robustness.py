@@ -285,3 +285,39 @@ def test_refuse_to_overwrite_names_the_file_unless_forced(tmp_path):
         _files.refuse_to_overwrite([tmp_path / "new.h", existing, existing], force=False)
     _files.refuse_to_overwrite([existing], force=True)
     _files.refuse_to_overwrite([tmp_path / "new.h"], force=False)
+
+
+
+def _fail_once(monkeypatch, module, name: str, call: int) -> list:
+    """``module.name`` fails like a full disk on its ``call``-th use only."""
+    real, calls = getattr(module, name), []
+
+    def wrapped(*args):
+        calls.append(args)
+        if len(calls) == call:
+            raise OSError(28, "No space left on device")
+        return real(*args)
+
+    monkeypatch.setattr(module, name, wrapped)
+    return calls
+
+
+def test_a_set_of_files_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    _files.write_files_atomic(out, {"a.h": "a1", "b.h": "b1"})  # a new directory
+    (out / "mine.txt").write_text("the user's")
+    moves = _fail_once(monkeypatch, _files.os, "replace", 2)
+    with pytest.raises(OSError, match="No space"):
+        _files.write_files_atomic(out, {"a.h": "a2", "b.h": "b2", "c.h": "c2"})
+    assert {p.name: p.read_text() for p in out.iterdir()} == {
+        "a.h": "a1", "b.h": "b1", "mine.txt": "the user's"}
+    assert len(moves) == 3  # a.h in, b.h failed, a.h back
+    monkeypatch.undo()
+    _fail_once(monkeypatch, _files, "_write_new", 2)
+    with pytest.raises(OSError, match="No space"):
+        _files.write_files_atomic(tmp_path / "new", {"a.h": "1", "b.h": "2"})
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no new nor temporary directory
+    monkeypatch.undo()
+    _files.write_files_atomic(out, {"a.h": "a3", "c.h": "c3"})
+    assert {p.name: p.read_text() for p in out.iterdir()} == {
+        "a.h": "a3", "b.h": "b1", "c.h": "c3", "mine.txt": "the user's"}

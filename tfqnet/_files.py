@@ -3,21 +3,28 @@
 Why atomic: a tool killed mid-write (Ctrl-C, CI timeout, full disk) must not leave a
 half-written C array or report that compiles or parses into something wrong. The data
 goes to a temporary file in the target's directory (same file system, so the rename
-is atomic) and :func:`os.replace` puts it in place in one step.
+is atomic) and :func:`os.replace` puts it in place in one step. Files that belong
+together (export-c's six sources) are written as a set
+(:func:`write_files_atomic`): all of them, or none and the old ones as they were.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 
-def _file_mode() -> int:
+def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
+
+
+def _file_mode() -> int:
+    return 0o666 & ~_umask()
 
 
 def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
@@ -56,4 +63,65 @@ def refuse_to_overwrite(paths: Iterable[str | os.PathLike], force: bool) -> None
         raise FileExistsError(f"{existing[0]} exists; pass --force to overwrite{more}")
 
 
-__all__ = ["refuse_to_overwrite", "write_atomic"]
+def _write_new(path: Path, payload: bytes) -> None:
+    with open(path, "xb") as handle:
+        handle.write(payload)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.chmod(path, _file_mode())
+
+
+def write_files_atomic(directory: str | os.PathLike, files: Mapping[str, str | bytes]) -> None:
+    """Writes ``files`` (``{file name: data}``, text as UTF-8) into ``directory`` as a set:
+    every file, or on any error none, the old files left as they were.
+
+    All are written to a temporary directory beside ``directory`` first (same parent,
+    so the same file system). A ``directory`` that does not exist is then that
+    temporary directory, renamed in one step; into an existing one the files move one
+    by one (:func:`os.replace`), each old file kept as a hard link (or copy) until all
+    are in place, and moved back if one fails.
+    """
+    directory = Path(directory)
+    payloads = {name: data.encode() if isinstance(data, str) else bytes(data)
+                for name, data in files.items()}
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="." + directory.name + ".", suffix=".tmp",
+                                dir=directory.parent))
+    try:
+        new, old = tmp / "new", tmp / "old"
+        new.mkdir()
+        old.mkdir()
+        for name, payload in payloads.items():
+            _write_new(new / name, payload)
+        if not directory.exists():
+            os.chmod(new, 0o777 & ~_umask())
+            os.rename(new, directory)  # fails (nothing changed) if it appeared meanwhile
+            return
+        _move_in(new, old, directory, list(payloads))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _move_in(new: Path, old: Path, directory: Path, names: list[str]) -> None:
+    kept, placed = [], []
+    try:
+        for name in names:
+            target = directory / name
+            if os.path.lexists(target):
+                try:
+                    os.link(target, old / name, follow_symlinks=False)
+                except OSError:  # no hard links here (e.g. FAT): a copy
+                    shutil.copy2(target, old / name, follow_symlinks=False)
+                kept.append(name)
+            os.replace(new / name, target)
+            placed.append(name)
+    except BaseException:
+        for name in placed:
+            if name in kept:
+                os.replace(old / name, directory / name)
+            else:
+                os.unlink(directory / name)
+        raise
+
+
+__all__ = ["refuse_to_overwrite", "write_atomic", "write_files_atomic"]

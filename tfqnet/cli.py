@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tfqnet._files import refuse_to_overwrite, write_atomic
+from tfqnet._files import refuse_to_overwrite, write_atomic, write_files_atomic
 from tfqnet.errors import InvalidModelFileError, TfqnetError
 from tfqnet.export.compact import compact
 from tfqnet.export.flatbuffer import FLASH_PARTS, flash_breakdown
@@ -137,9 +137,11 @@ def _export_c(args) -> int:
     files[f"{ident}_op_resolver.h"] = resolver
     files.update(c_arrays.golden_vector_files(args.name, codes, outputs))
     files.update(c_arrays.check_program(args.name, len(codes), [o.dtype for o in outputs]))
-    out.mkdir(parents=True, exist_ok=True)
-    for name in names:
-        write_atomic(out / name, files[name])
+    try:  # all six or none: a half-replaced set would not compile or would lie
+        write_files_atomic(out, {name: files[name] for name in names})
+    except OSError as error:
+        raise _UsageError(f"cannot write to --out {out}: {error.strerror or error}; no file "
+                          "was changed") from None
     print(f"wrote {len(names)} files to {out}: model {len(aligned)} bytes (aligned), "
           f"{len(graph.op_names)} op(s), arena {arena.reported} bytes (measured minimum "
           f"{arena.minimum}), {codes[0].shape[0]} vector(s) "
