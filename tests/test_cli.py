@@ -274,3 +274,79 @@ def test_export_c_replaces_all_files_or_none(work, capsys, tmp_path, monkeypatch
     monkeypatch.undo()
     assert main([*base, "--count", "2", "--force"]) == 0
     assert "#define DIGITS_TEST_COUNT 2" in (out / "digits_test_data.h").read_text()
+
+
+@pytest.fixture
+def read_only_dir(tmp_path, monkeypatch):
+    """A directory no file can be created in (for root, who ignores the mode bits, as
+    on a read-only mount)."""
+    import errno
+    import os
+
+    from tfqnet import _files
+
+    path = tmp_path / "ro"
+    path.mkdir()
+    path.chmod(0o555)
+    if os.geteuid() == 0:
+        real = _files.tempfile.mkstemp
+
+        def mkstemp(*args, dir=None, **kwargs):
+            if dir is not None and Path(dir).resolve() == path.resolve():
+                raise OSError(errno.EROFS, "Read-only file system")
+            return real(*args, dir=dir, **kwargs)
+
+        monkeypatch.setattr(_files.tempfile, "mkstemp", mkstemp)
+    yield path
+    path.chmod(0o755)
+
+
+def test_unwritable_outputs_are_usage_errors_before_work(work, capsys, tmp_path,
+                                                         read_only_dir):
+    model = str(work / "digits.tflite")
+    (tmp_path / "afile").write_text("x")
+    for out in (tmp_path / "afile" / "sub", read_only_dir / "c"):
+        assert main(["export-c", model, "--out", str(out), "--name", "d"]) == 2
+        line = _one_error_line(capsys)
+        assert "cannot write to --out" in line and "internal error" not in line
+    assert "afile is a file, not a directory" in (
+        main(["export-c", model, "--out", str(tmp_path / "afile" / "sub"), "--name", "d"])
+        and _one_error_line(capsys))
+    assert main(["check", model, "--json", str(read_only_dir / "r.json")]) == 2
+    assert "cannot write --json" in _one_error_line(capsys)
+    (tmp_path / "adir").mkdir()
+    assert main(["check", model, "--json", str(tmp_path / "adir"), "--force"]) == 2
+    assert "is a directory; give a file name" in _one_error_line(capsys)
+
+
+def test_a_failed_json_write_keeps_the_report_and_exits_2(work, capsys, tmp_path,
+                                                          monkeypatch):
+    from tfqnet import cli
+
+    _fail_on_call(monkeypatch, cli, "write_atomic", 1, PermissionError(13, "Permission denied"))
+    code = main(["check", str(work / "digits.tflite"), "--samples", "2", "--quiet",
+                 "--json", str(tmp_path / "r.json")])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out.rstrip().endswith("PASS")  # the report is printed
+    assert captured.err.strip() == (f"tfqnet: error: cannot write --json {tmp_path / 'r.json'}: "
+                                    "Permission denied (the report is above)")
+
+
+def test_sizes_are_checked_before_allocating(work, capsys, tmp_path):
+    model = str(work / "digits.tflite")
+    huge = tmp_path / "huge.npy"
+    with open(huge, "wb") as handle:  # 128 bytes claiming 256 TB (was a MemoryError)
+        np.lib.format.write_array_header_1_0(
+            handle, {"descr": "<f4", "fortran_order": False, "shape": (10**12, 8, 8, 1)})
+        handle.write(bytes(64))
+    assert main(["check", model, "--data", str(huge)]) == 2
+    assert ("header claims an array of shape (1000000000000, 8, 8, 1) (float32, "
+            "256000000000000 bytes), but the file holds 64 bytes") in _one_error_line(capsys)
+    assert main(["export-c", model, "--out", str(tmp_path / "c"), "--name", "d",
+                 "--count", "10000000000"]) == 2  # was a MemoryError
+    assert "--count 10000000000: 10000000000 golden vectors of this model take" in (
+        _one_error_line(capsys))
+    assert main(["check", model, "--samples", "100000000"]) == 2
+    assert "--samples 100000000: 100000000 samples of this model's input take" in (
+        _one_error_line(capsys))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["huge.npy"]

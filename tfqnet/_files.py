@@ -6,15 +6,22 @@ goes to a temporary file in the target's directory (same file system, so the ren
 is atomic) and :func:`os.replace` puts it in place in one step. Files that belong
 together (export-c's six sources) are written as a set
 (:func:`write_files_atomic`): all of them, or none and the old ones as they were.
+
+Reading: :func:`check_npy` checks a .npy file's header against the file before NumPy
+allocates the array the header claims.
 """
 
 from __future__ import annotations
 
+import errno
+import math
 import os
 import shutil
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+
+import numpy as np
 
 
 def _umask() -> int:
@@ -71,6 +78,24 @@ def _write_new(path: Path, payload: bytes) -> None:
     os.chmod(path, _file_mode())
 
 
+def check_output_directory(path: str | os.PathLike) -> None:
+    """Raises OSError unless files can be created in the directory ``path``, or, when
+    it does not exist yet, in the directory that would hold it (tried by creating and
+    removing a file there: permission bits say nothing about read-only mounts or root).
+
+    Call it before slow work, so that an output that cannot be written costs nothing.
+    """
+    existing = Path(path).absolute()
+    while not os.path.lexists(existing):
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, f"{existing} is a file, not a directory",
+                                 str(existing))
+    fd, probe = tempfile.mkstemp(prefix=".tfqnet-probe-", dir=existing)
+    os.close(fd)
+    os.unlink(probe)
+
+
 def write_files_atomic(directory: str | os.PathLike, files: Mapping[str, str | bytes]) -> None:
     """Writes ``files`` (``{file name: data}``, text as UTF-8) into ``directory`` as a set:
     every file, or on any error none, the old files left as they were.
@@ -124,4 +149,35 @@ def _move_in(new: Path, old: Path, directory: Path, names: list[str]) -> None:
         raise
 
 
-__all__ = ["refuse_to_overwrite", "write_atomic", "write_files_atomic"]
+#: Largest .npy array :func:`check_npy` lets through (it is loaded whole).
+MAX_NPY_BYTES = 1024**3
+
+
+def check_npy(path: str | os.PathLike, max_bytes: int = MAX_NPY_BYTES) -> None:
+    """Raises ValueError when the .npy header at ``path`` claims more data than the file
+    holds (NumPy would allocate the claimed array first: a corrupt header of a few bytes
+    asks for terabytes) or more than ``max_bytes``; OSError when it cannot be read."""
+    size = os.stat(path).st_size
+    with open(path, "rb") as handle:
+        version = np.lib.format.read_magic(handle)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(handle)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(handle)
+        else:
+            return  # 3.0 (UTF-8 field names, rare): left to np.load
+        if dtype.hasobject:
+            return  # pickled objects: np.load refuses them (allow_pickle=False)
+        claimed = math.prod(shape) * dtype.itemsize
+        available = size - handle.tell()
+    if claimed > available:
+        raise ValueError(f"its header claims an array of shape {shape} ({dtype}, {claimed} "
+                         f"bytes), but the file holds {available} bytes of data (corrupt or "
+                         "truncated)")
+    if claimed > max_bytes:
+        raise ValueError(f"it holds {claimed} bytes of array data, more than the tools load "
+                         f"({max_bytes} bytes); give fewer samples")
+
+
+__all__ = ["MAX_NPY_BYTES", "check_npy", "check_output_directory", "refuse_to_overwrite",
+           "write_atomic", "write_files_atomic"]

@@ -22,10 +22,16 @@ from pathlib import Path
 
 import numpy as np
 
-from tfqnet._files import refuse_to_overwrite, write_atomic, write_files_atomic
+from tfqnet._files import (
+    check_npy,
+    check_output_directory,
+    refuse_to_overwrite,
+    write_atomic,
+    write_files_atomic,
+)
 from tfqnet.errors import InvalidModelFileError, TfqnetError
 from tfqnet.export.compact import compact
-from tfqnet.export.flatbuffer import FLASH_PARTS, flash_breakdown
+from tfqnet.export.flatbuffer import FLASH_PARTS, flash_breakdown, packed_bytes
 from tfqnet.micro import c_arrays
 from tfqnet.micro.arena import ArenaProbeError, measure_arena
 from tfqnet.micro.checker import check_model, load_keras_model
@@ -37,6 +43,12 @@ from tfqnet.micro.runtime import MicroInterpreter, random_input_codes
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_INTERNAL = 70  # sysexits EX_SOFTWARE: a bug in tfqnet
 DEFAULT_VECTORS = 4
+#: Most bytes of golden vectors (inputs and outputs) export-c writes: they are compiled
+#: into the board's flash, which this exceeds on most Cortex-M parts.
+MAX_GOLDEN_BYTES = 4 * 1024 * 1024
+#: Most bytes of input codes ``check`` runs: they are held in memory at once (and as
+#: float32 for a Keras model, four times as many).
+MAX_SAMPLE_BYTES = 64 * 1024 * 1024
 
 
 class _UsageError(TfqnetError):
@@ -65,6 +77,7 @@ def _read_model(path: str):
 
 def _read_npy(path: str):
     try:
+        check_npy(path)  # before np.load allocates what the header claims
         array = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as error:
         raise _UsageError(f"cannot read {path} as a .npy array: "
@@ -80,6 +93,11 @@ def _read_npy(path: str):
     return array
 
 
+def _sample_bytes(graph, tensors) -> int:
+    """Bytes of one sample of ``tensors`` (indices), at least 1."""
+    return max(1, sum(packed_bytes(graph.tensors[i]) for i in tensors))
+
+
 def _export_c(args) -> int:
 
     started = time.monotonic()
@@ -91,6 +109,10 @@ def _export_c(args) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise _UsageError(f"--out {out} is a file; give a directory")
+    try:
+        check_output_directory(out)
+    except OSError as error:
+        raise _UsageError(f"cannot write to --out {out}: {error.strerror or error}") from None
     names = [f"{ident}_model_data.h", f"{ident}_model_data.cc", f"{ident}_op_resolver.h",
              f"{ident}_test_data.h", f"{ident}_test_data.cc", f"{ident}_check.cc"]
     try:
@@ -100,6 +122,12 @@ def _export_c(args) -> int:
     inputs = _read_npy(args.inputs) if args.inputs else None
     if args.count < 1:
         raise _UsageError("--count must be at least 1")
+    count = args.count if inputs is None else min(args.count, len(inputs))
+    per_vector = _sample_bytes(graph, (*graph.inputs, *graph.outputs))
+    if count * per_vector > MAX_GOLDEN_BYTES:
+        raise _UsageError(f"--count {args.count}: {count} golden vectors of this model take "
+                          f"{count * per_vector} bytes of flash; give at most "
+                          f"{MAX_GOLDEN_BYTES // per_vector}")
 
     try:
         resolver = op_resolver_header(graph, args.name)
@@ -170,8 +198,21 @@ def _check(args) -> int:
     if args.samples < 1:
         raise _UsageError("--samples must be at least 1")
     if not 0.0 <= args.min_agreement <= 1.0:  # NaN too: it would pass every comparison
+        if Path(args.json).is_dir():
+            raise _UsageError(f"--json {args.json} is a directory; give a file name")
+        try:
+            check_output_directory(Path(args.json).resolve().parent)
+        except OSError as error:
+            raise _UsageError(f"cannot write --json {args.json}: "
+                              f"{error.strerror or error}") from None
         raise _UsageError(f"--min-agreement must be a fraction from 0 to 1 (e.g. 0.95), got "
                           f"{args.min_agreement!r}")
+    count = args.samples if samples is None else min(args.samples, len(samples))
+    per_sample = _sample_bytes(graph, graph.inputs)
+    if count * per_sample > MAX_SAMPLE_BYTES:
+        raise _UsageError(f"--samples {args.samples}: {count} samples of this model's input "
+                          f"take {count * per_sample} bytes; give at most "
+                          f"{MAX_SAMPLE_BYTES // per_sample}")
 
 
     keras_model = None
@@ -194,8 +235,12 @@ def _check(args) -> int:
         sys.stdout.write(text)
     else:
         if args.json:
-            write_atomic(Path(args.json), text)
-        print(report.format_table(strict=args.strict))
+            try:
+                write_atomic(Path(args.json), text)
+            except OSError as error:
+                raise _UsageError(f"cannot write --json {args.json}: "
+                                  f"{error.strerror or error} (the report is above)") from None
+        print(report.format_table(strict=args.strict))  # first: a failed write loses nothing
     return EXIT_OK if report.passed and not (args.strict and report.skipped) else EXIT_FAILED
 
 
