@@ -195,9 +195,6 @@ def _check(args) -> int:
             raise _UsageError(str(error)) from None
         if not Path(args.json).resolve().parent.is_dir():
             raise _UsageError(f"--json {args.json}: its directory does not exist")
-    if args.samples < 1:
-        raise _UsageError("--samples must be at least 1")
-    if not 0.0 <= args.min_agreement <= 1.0:  # NaN too: it would pass every comparison
         if Path(args.json).is_dir():
             raise _UsageError(f"--json {args.json} is a directory; give a file name")
         try:
@@ -205,14 +202,17 @@ def _check(args) -> int:
         except OSError as error:
             raise _UsageError(f"cannot write --json {args.json}: "
                               f"{error.strerror or error}") from None
-        raise _UsageError(f"--min-agreement must be a fraction from 0 to 1 (e.g. 0.95), got "
-                          f"{args.min_agreement!r}")
+    if args.samples < 1:
+        raise _UsageError("--samples must be at least 1")
     count = args.samples if samples is None else min(args.samples, len(samples))
     per_sample = _sample_bytes(graph, graph.inputs)
     if count * per_sample > MAX_SAMPLE_BYTES:
         raise _UsageError(f"--samples {args.samples}: {count} samples of this model's input "
                           f"take {count * per_sample} bytes; give at most "
                           f"{MAX_SAMPLE_BYTES // per_sample}")
+    if not 0.0 <= args.min_agreement <= 1.0:  # NaN too: it would pass every comparison
+        raise _UsageError(f"--min-agreement must be a fraction from 0 to 1 (e.g. 0.95), got "
+                          f"{args.min_agreement!r}")
 
 
     keras_model = None
@@ -234,13 +234,13 @@ def _check(args) -> int:
     if args.json == "-":  # JSON instead of the table on stdout
         sys.stdout.write(text)
     else:
+        print(report.format_table(strict=args.strict))  # first: a failed write loses nothing
         if args.json:
             try:
                 write_atomic(Path(args.json), text)
             except OSError as error:
                 raise _UsageError(f"cannot write --json {args.json}: "
                                   f"{error.strerror or error} (the report is above)") from None
-        print(report.format_table(strict=args.strict))  # first: a failed write loses nothing
     return EXIT_OK if report.passed and not (args.strict and report.skipped) else EXIT_FAILED
 
 
