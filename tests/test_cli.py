@@ -16,6 +16,7 @@ from tests.micro_helpers import (
     unsupported_op_tflite,
 )
 from tfqnet.cli import main
+from tfqnet.export.flatbuffer import flash_breakdown
 from tfqnet.micro.c_arrays import align_flatbuffer, parse_c_byte_array
 from tfqnet.micro.model_file import MAX_MODEL_BYTES
 
@@ -47,8 +48,11 @@ def test_export_c_writes_all_files_and_refuses_to_overwrite(work, capsys):
     aligned = align_flatbuffer((work / "digits.tflite").read_bytes())
     assert parse_c_byte_array(source, "g_digits_model_data") == aligned
     assert "#define DIGITS_TEST_COUNT 3" in (out / "digits_test_data.h").read_text()
-    assert "DIGITS_TENSOR_ARENA_SIZE" in (out / "digits_model_data.h").read_text()
-    capsys.readouterr()
+    header = (out / "digits_model_data.h").read_text()
+    assert "DIGITS_TENSOR_ARENA_SIZE" in header
+    flash = flash_breakdown(aligned)
+    assert f"// Flash by part (bytes): weights {flash['weights']}, biases " in header
+    assert "flash by part: weights " in capsys.readouterr().out
 
     (out / "digits_op_resolver.h").write_text("edited by hand")
     assert main(args) == 2

@@ -161,7 +161,9 @@ def _export_c(args) -> int:
     outputs = outputs if isinstance(outputs, list) else [outputs]
 
     files = {}
-    files.update(c_arrays.model_data_files(args.name, aligned, arena.reported, arena.minimum))
+    flash = flash_breakdown(aligned)
+    files.update(c_arrays.model_data_files(args.name, aligned, arena.reported, arena.minimum,
+                                           flash))
     files[f"{ident}_op_resolver.h"] = resolver
     files.update(c_arrays.golden_vector_files(args.name, codes, outputs))
     files.update(c_arrays.check_program(args.name, len(codes), [o.dtype for o in outputs]))
@@ -174,6 +176,7 @@ def _export_c(args) -> int:
           f"{len(graph.op_names)} op(s), arena {arena.reported} bytes (measured minimum "
           f"{arena.minimum}), {codes[0].shape[0]} vector(s) "
           f"[{time.monotonic() - started:.1f} s]")
+    print("flash by part: " + ", ".join(f"{part} {n}" for part, n in flash.items()))
     return EXIT_OK
 
 
