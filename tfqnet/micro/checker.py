@@ -107,13 +107,11 @@ class CheckReport:
         return []
 
     @property
-    def passed(self) -> bool:
-        """No check failed; ``skipped`` lists those that did not run."""
+    def passed(self) -> bool:  # no check failed; ``skipped`` lists those that did not run
         return not self.failures
 
     def verdict(self, strict: bool = False) -> str:
-        """``PASS``, ``PASS (<what was skipped>)`` or ``FAIL (...)``; with ``strict`` a
-        skipped check is a failure."""
+        """PASS, PASS (<what was skipped>) or FAIL (...); ``strict``: a skip fails."""
         if not self.passed:
             return f"FAIL ({len(self.failures)} problem(s))"
         if self.skipped:
@@ -287,8 +285,7 @@ def _layer_arena(graph: FlatbufferModel, arena: int) -> int:
 
 
 def _native_crash(model: bytes, lite_model: bytes, arena: int) -> str | None:
-    """Why the layer-by-layer interpreters (TFLM on ``model``, TFLite on ``lite_model``)
-    crash (in a child), or None."""
+    """Why TFLM on ``model`` or TFLite on ``lite_model`` crash (in a child), or None."""
     import os
     import tempfile
 
