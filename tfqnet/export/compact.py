@@ -31,8 +31,7 @@ import flatbuffers
 import numpy as np
 from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
 
-from tfqnet.errors import InvalidModelFileError
-from tfqnet.export.flatbuffer import FlatbufferModel, op_layer
+from tfqnet.export.flatbuffer import BUILTIN_OPS, FlatbufferModel, op_layer
 from tfqnet.tflite_format import unpack_int4
 
 #: metadata entries the converter writes and TFLM never reads
@@ -43,9 +42,6 @@ BIAS_SCALE_FREE_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D"})
 BUFFER_ALIGNMENT = 16
 #: the newest DEPTHWISE_CONV_2D version with int8 filters (7 reads INT4 filters)
 INT8_DEPTHWISE_VERSION = 6
-
-_OP_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-
 
 class _AlignedBuffer(schema.BufferT):
     """A buffer packed with its data at a ``BUFFER_ALIGNMENT`` boundary."""
@@ -68,11 +64,10 @@ class _AlignedBuffer(schema.BufferT):
 
 
 def _read(flatbuffer: bytes) -> tuple[FlatbufferModel, schema.ModelT]:
+    """The parsed model and its schema object (which the caller may rewrite: the
+    parsed tensors and operators are copies)."""
     graph = FlatbufferModel.from_bytes(flatbuffer)  # raises InvalidModelFileError
-    try:
-        return graph, schema.ModelT.InitFromObj(schema.Model.GetRootAs(bytes(flatbuffer), 0))
-    except Exception as error:
-        raise InvalidModelFileError(f"corrupt TFLite flatbuffer ({error})") from None
+    return graph, graph.schema_model
 
 
 def _pack(model: schema.ModelT) -> bytes:
@@ -83,7 +78,7 @@ def _pack(model: schema.ModelT) -> bytes:
 
 def _op_name(model: schema.ModelT, op: schema.OperatorT) -> str:
     code = model.operatorCodes[op.opcodeIndex]
-    return _OP_NAMES.get(max(code.builtinCode, code.deprecatedBuiltinCode), "")
+    return BUILTIN_OPS.get(max(code.builtinCode, code.deprecatedBuiltinCode), "")
 
 
 def _scale_free_biases(model: schema.ModelT, graph: schema.SubGraphT) -> set[int]:
