@@ -4,7 +4,7 @@ Read from the sources (``ast``), so a violation fails here whatever gets importe
 run time. The layers, lowest first; a module may import only its own layer and those
 below it:
 
-    errors, tflite_format, datasets, _files  <-  _keras, grid, models  <-  core  <-
+    errors, tflite_format, datasets, _files  <-  _keras, keras3, grid, models  <-  core  <-
     quantizers  <-  layers  <-  quantize  <-  export  <-  micro  <-  cli
 
 ``tfqnet/__init__.py`` is the lazy public facade over all of them and is left out.
@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "tfqnet"
 
 LAYERS = [
     ("tfqnet.errors", "tfqnet.tflite_format", "tfqnet.datasets", "tfqnet._files"),
-    ("tfqnet._keras", "tfqnet.grid", "tfqnet.models"),
+    ("tfqnet._keras", "tfqnet.keras3", "tfqnet.grid", "tfqnet.models"),
     ("tfqnet.core",),
     ("tfqnet.quantizers",),
     ("tfqnet.layers",),

@@ -75,14 +75,6 @@ def test_unsupported_activation_says_how_to_fix():
         tfqnet.quantize_model(model)
 
 
-def test_keras3_model_is_refused_with_instructions():
-    import keras as keras3
-
-    model = keras3.Sequential([keras3.Input((4,)), keras3.layers.Dense(2)])
-    with pytest.raises(tfqnet.Keras3ModelError, match="tf_keras"):
-        tfqnet.quantize_model(model)
-
-
 def test_nested_model_error_says_flatten():
     inner = keras.Sequential([keras.Input((4,)), L.Dense(4)], name="inner")
     inputs = keras.Input((4,))

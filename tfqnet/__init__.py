@@ -7,7 +7,9 @@ module or package per method) -> :mod:`tfqnet.layers` -> :mod:`tfqnet.quantize`
 (``convert``: one handler per target) -> :mod:`tfqnet.micro` (TFLM runtime, C arrays,
 checker) -> :mod:`tfqnet.cli`.
 
-Importing tfqnet first makes ``tf.keras`` tf-keras (Keras 2), which TFMOT needs.
+Importing tfqnet before TensorFlow makes ``tf.keras`` tf-keras (Keras 2), which TFMOT
+builds on; imported later it works the same (tfqnet and TFMOT use ``tf_keras``
+directly), and Keras 3 models are translated to tf-keras (:func:`tfqnet.to_tf_keras`).
 
 The import is lazy: ``import tfqnet`` only sets ``TF_USE_LEGACY_KERAS``; TensorFlow,
 TFMOT and tfqnet's Keras classes load at the first use of a public name
@@ -56,6 +58,7 @@ _EXPORTS = {
     "quantize_model": "tfqnet.quantize.api",
     "quantize_scope": "tfqnet.quantize.api",
     "bit_width_report": "tfqnet.quantizers.report",
+    "to_tf_keras": "tfqnet.keras3",
 }
 #: names that need no TensorFlow: loaded on their own
 _LIGHT = {"tfqnet.errors", "tfqnet.export.flatbuffer", "tfqnet.export.compact",
@@ -86,6 +89,7 @@ __all__ = [
     "quantize_model",
     "quantize_scope",
     "run_tflm",
+    "to_tf_keras",
 ]
 
 
@@ -119,8 +123,7 @@ def __dir__() -> list[str]:
 
 
 if "tensorflow" in sys.modules:
-    # TensorFlow is loaded already, so loading the rest costs little; doing it now keeps
-    # the warning of tfqnet._keras (tf.keras is Keras 3 here) at `import tfqnet`.
+    # TensorFlow is loaded already, so loading the rest costs little.
     _load_keras_side()
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ provides these
@@ -135,6 +138,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ provide
     from tfqnet.export.api import convert
     from tfqnet.export.compact import compact
     from tfqnet.export.flatbuffer import FlatbufferModel, flash_breakdown
+    from tfqnet.keras3 import to_tf_keras
     from tfqnet.layers import PixelEmbedding
     from tfqnet.micro.runtime import MicroInterpreter, run_tflm
     from tfqnet.quantize.api import callbacks, load_model, quantize_model, quantize_scope

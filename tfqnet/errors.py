@@ -6,7 +6,9 @@ class TfqnetError(Exception):
 
 
 class Keras3ModelError(TfqnetError, TypeError):
-    """A Keras 3 model was given where TFMOT needs a tf-keras (Keras 2) model."""
+    """A Keras 3 model (or part of one) that tfqnet cannot translate to tf-keras, which
+    TFMOT needs: a subclassed model, a custom layer, ... (:func:`tfqnet.to_tf_keras`).
+    The message names the model or layer and what to do."""
 
 
 class UnsupportedLayerError(TfqnetError, ValueError):

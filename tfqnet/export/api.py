@@ -16,12 +16,13 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
-from tfqnet._keras import keras, require_tf_keras_model
+from tfqnet._keras import keras
 from tfqnet.core.config import quantizer_states, quantizers_of, weight_quantizers
 from tfqnet.errors import ConversionError
 from tfqnet.export import compact as compaction
 from tfqnet.export import compression, raw_input, tflite
 from tfqnet.export.per_channel_dense import per_channel_dense_export, restore_channel_scales
+from tfqnet.keras3 import as_tf_keras_model
 from tfqnet.layers import dtype_name
 from tfqnet.tflite_format import INT4_MAX_BITS, MAX_INDEX_BITS
 
@@ -111,6 +112,10 @@ def convert(
 ) -> bytes:
     """Converts a trained tfqnet QAT model to a full-integer TFLite flatbuffer.
 
+    ``qat_model`` is the tf-keras model ``quantize_model`` returned (a Keras 3 model is
+    translated by :func:`tfqnet.to_tf_keras` first; without tfqnet quantizers it is
+    converted as plain post-training int8, with a warning).
+
     Weights are stored exactly as trained: kernels of <= 4 bits as packed INT4, the
     rest int8 (Dense kernels quantized per channel always int8, their channel scales
     written in by :mod:`tfqnet.export.per_channel_dense`); activations in int8 tensors
@@ -150,7 +155,7 @@ def convert(
         raise ValueError(f"compress must be 'auto', True, False or 1..7, got {compress!r}.")
     if not isinstance(compact, bool):
         raise ValueError(f"compact must be True or False, got {compact!r}.")
-    require_tf_keras_model(qat_model, "qat_model")
+    qat_model = as_tf_keras_model(qat_model, "qat_model", paths=False)
 
     raw_pixels = raw_input.takes_raw_pixels(qat_model)
     if input_type is None:

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import tensorflow_model_optimization as tfmot
 
 from tfqnet import grid
-from tfqnet._keras import keras, require_tf_keras_model
+from tfqnet._keras import keras
 from tfqnet.core.config import quantizers_of
 from tfqnet.core.layer_kinds import PASS_THROUGH_LAYERS, WEIGHTED_LAYERS
 from tfqnet.core.method import get_method
 from tfqnet.core.policy import check_policy, policy_layers
 from tfqnet.errors import UnsupportedLayerError
+from tfqnet.keras3 import as_tf_keras_model
 from tfqnet.layers import PIXEL_EMBEDDING_OPTIONS, add_pixel_embedding
 from tfqnet.quantize.registry import QuantizeRegistry, check_overrides, unsupported_reason
 from tfqnet.quantize.scheme import QuantizeScheme
@@ -111,7 +113,7 @@ def _output_layer_names(model: keras.Model) -> frozenset[str]:
 
 
 def quantize_model(
-    model: keras.Model,
+    model: keras.Model | str | os.PathLike,
     method: str = "uniform",
     weight_bits: int | None = None,
     activation_bits: int = 8,
@@ -125,7 +127,11 @@ def quantize_model(
     """Returns a quantization-aware copy of ``model`` (the original is not changed).
 
     Args:
-      model: a built tf-keras Sequential or Functional model (float, ideally trained).
+      model: a built Sequential or Functional model (float, ideally trained): tf-keras,
+        or Keras 3 (``import keras``/``tf.keras`` in TF >= 2.16), or the path of a
+        ``.keras``/``.h5`` file of one. A Keras 3 model is first rebuilt as the same
+        tf-keras model by :func:`tfqnet.to_tf_keras` (which names any layer it cannot
+        translate and what to do).
       method: ``"uniform"`` (learned step size) or another registered method.
       weight_bits: kernel bits, 2..8; None: the method's (8, 2 for ``"crq"``, the
         fewest that hold a ``qn`` level set). 4 bits deploy as packed INT4; below 4 bits
@@ -158,7 +164,7 @@ def quantize_model(
     the result with ``fit`` and the callbacks from :func:`tfqnet.callbacks`, then
     :func:`tfqnet.convert` it.
     """
-    require_tf_keras_model(model)
+    model = as_tf_keras_model(model)
     check_policy(policy)
     skip = _check_skip(skip)
     overrides = check_overrides(overrides)
