@@ -4,7 +4,7 @@ Why atomic: a tool killed mid-write (Ctrl-C, CI timeout, full disk) must not lea
 half-written C array or report that compiles or parses into something wrong. The data
 goes to a temporary file in the target's directory (same file system, so the rename
 is atomic) and :func:`os.replace` puts it in place in one step. Files that belong
-together (export-c's six sources) are written as a set
+together (export-c's sources) are written as a set
 (:func:`write_files_atomic`): all of them, or none and the old ones as they were.
 
 Reading: :func:`check_npy` checks a .npy file's header against the file before NumPy

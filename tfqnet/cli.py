@@ -34,6 +34,7 @@ from tfqnet.export.compact import compact
 from tfqnet.export.flatbuffer import FLASH_PARTS, flash_breakdown, packed_bytes
 from tfqnet.micro import c_arrays
 from tfqnet.micro.arena import ArenaProbeError, measure_arena
+from tfqnet.micro.check_program import check_program
 from tfqnet.micro.checker import check_model, load_keras_model
 from tfqnet.micro.equivalence import same_outputs
 from tfqnet.micro.model_file import read_model_file
@@ -113,8 +114,8 @@ def _export_c(args) -> int:
         check_output_directory(out)
     except OSError as error:
         raise _UsageError(f"cannot write to --out {out}: {error.strerror or error}") from None
-    names = [f"{ident}_model_data.h", f"{ident}_model_data.cc", f"{ident}_op_resolver.h",
-             f"{ident}_test_data.h", f"{ident}_test_data.cc", f"{ident}_check.cc"]
+    names = [*c_arrays.data_file_names(ident, args.lang), f"{ident}_op_resolver.h",
+             f"{ident}_check.cc"]
     try:
         refuse_to_overwrite([out / n for n in names], args.force)
     except FileExistsError as error:
@@ -163,11 +164,11 @@ def _export_c(args) -> int:
     files = {}
     flash = flash_breakdown(aligned)
     files.update(c_arrays.model_data_files(args.name, aligned, arena.reported, arena.minimum,
-                                           flash))
+                                           flash, lang=args.lang))
     files[f"{ident}_op_resolver.h"] = resolver
-    files.update(c_arrays.golden_vector_files(args.name, codes, outputs))
-    files.update(c_arrays.check_program(args.name, len(codes), [o.dtype for o in outputs]))
-    try:  # all six or none: a half-replaced set would not compile or would lie
+    files.update(c_arrays.golden_vector_files(args.name, codes, outputs, lang=args.lang))
+    files.update(check_program(args.name, len(codes), [o.dtype for o in outputs]))
+    try:  # all or none: a half-replaced set would not compile or would lie
         write_files_atomic(out, {name: files[name] for name in names})
     except OSError as error:
         raise _UsageError(f"cannot write to --out {out}: {error.strerror or error}; no file "
@@ -284,8 +285,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="tfqnet", description="Take a converted tfqnet model to a TFLite Micro board.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    export = sub.add_parser("export-c", help="C/C++ sources: model array, op resolver, "
-                            "arena size, golden vectors and a check program")
+    export = sub.add_parser("export-c", help="C/C++ sources: model array with I/O "
+                            "constants and arena sizes, op resolver, golden vectors and a "
+                            "check program")
     export.add_argument("model", metavar="MODEL.tflite")
     export.add_argument("--out", required=True, metavar="DIR")
     export.add_argument("--name", required=True,
@@ -297,6 +299,10 @@ def _parser() -> argparse.ArgumentParser:
                         "seeded random codes when omitted")
     export.add_argument("--count", type=int, default=DEFAULT_VECTORS,
                         help=f"number of golden vectors (default {DEFAULT_VECTORS})")
+    export.add_argument("--lang", choices=sorted(c_arrays.LANG_EXTENSIONS), default="c++",
+                        help="extension of the model and test data sources, which are C99 "
+                        "and C++11 alike: .c (c), .cc (c++, the default) or both; the op "
+                        "resolver (.h) and the check program (.cc) are C++, as TFLM's API is")
     export.add_argument("--force", action="store_true", help="overwrite existing files")
     export.set_defaults(run=_export_c)
 

@@ -1,11 +1,16 @@
-"""C sources for a board: the aligned model array, golden test vectors, a check program.
+"""C sources for a board: the aligned model array with its I/O constants and arena
+sizes, and golden test vectors.
 
 Why not TFLM's generate_cc_arrays.py: it does not re-align the flatbuffer (the
 converter's output is not 16-byte aligned inside, and an unaligned tensor buffer
 hard-faults a Cortex-M4F), and its arrays are C++ only. Here the flatbuffer goes
 through tflite_micro's aligner first, and the array is ``alignas(16)`` in both C11
 and C++11, ``const`` (so it lands in flash, .rodata) and ``extern "C"`` (so C and
-C++ translation units share one symbol).
+C++ translation units share one symbol). The model and test data sources are plain
+C99 as well as C++11; ``lang`` picks their extension (``.c``, ``.cc`` or both), since
+a build system picks the compiler by it. The op resolver and the check program are
+C++ (TFLM's API is C++): :mod:`tfqnet.micro.op_resolver`,
+:mod:`tfqnet.micro.check_program`.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +26,12 @@ import numpy as np
 from tfqnet._files import write_atomic
 from tfqnet.errors import InvalidModelFileError
 from tfqnet.export.flatbuffer import FlatbufferModel
+from tfqnet.micro.arena_model import KERNEL_SETS
+from tfqnet.micro.c_names import C_TYPES, MAX_IDENTIFIER_CHARS, c_identifier, float_literal
+from tfqnet.micro.check_program import check_program
+from tfqnet.micro.io_constants import io_constant_lines
 from tfqnet.micro.isolated import describe_exit, run_python
+from tfqnet.micro.model_file import parse_model
 
 _BYTES_PER_LINE = 16
 
@@ -38,47 +48,26 @@ _ALIGN_MACRO = """\
 #endif
 """
 
-_C_TYPES = {
-    np.dtype(np.int8): "int8_t",
-    np.dtype(np.uint8): "uint8_t",
-    np.dtype(np.int16): "int16_t",
-    np.dtype(np.int32): "int32_t",
-    np.dtype(np.float32): "float",
-}
+#: Values of ``lang``: the extensions of the model and test data sources.
+LANG_EXTENSIONS = {"c": (".c",), "c++": (".cc",), "both": (".c", ".cc")}
 
 
-#: Longest identifier :func:`c_identifier` returns. Why: C guarantees that only the
-#: first 63 characters of a name tell it apart (C99 5.2.4.1), and the generated names
-#: add up to 18 characters to it (``NAME_TENSOR_ARENA_SIZE``).
-MAX_IDENTIFIER_CHARS = 40
+def data_file_names(ident: str, lang: str = "c++") -> list[str]:
+    """The model and test data files :func:`model_data_files` and
+    :func:`golden_vector_files` write for ``lang``, headers first."""
+    if lang not in LANG_EXTENSIONS:
+        raise ValueError(f"lang must be one of {', '.join(LANG_EXTENSIONS)}, not {lang!r}")
+    return [f"{ident}_model_data.h", f"{ident}_test_data.h",
+            *(f"{ident}_{part}{ext}" for part in ("model_data", "test_data")
+              for ext in LANG_EXTENSIONS[lang])]
 
 
-def c_identifier(name: str) -> str:
-    """The C identifier for a user-given model name, the only form of the name that the
-    generated sources contain (in their comments too): each run of characters other
-    than ASCII letters and digits becomes one ``_`` (``my-model.v2`` -> ``my_model_v2``;
-    C++ reserves names with ``__``), leading and trailing ``_`` are dropped (C reserves
-    names that start with one), and a leading digit gets ``m_``.
-
-    Raises ValueError for a name with control characters (a newline in a name would
-    end a comment in the sources), one with nothing left, or one longer than
-    :data:`MAX_IDENTIFIER_CHARS`.
-    """
-    shown = repr(name[:40]) + ("..." if len(name) > 40 else "")
-    if not name.isprintable():
-        raise ValueError(f"the model name {shown} contains control characters; give "
-                         "--name a C identifier like 'digits'")
-    ident = re.sub(r"[^0-9A-Za-z]+", "_", name).strip("_")
-    if not ident:
-        raise ValueError(f"the model name {shown} has no ASCII letters or digits; give "
-                         "--name a C identifier like 'digits'")
-    ident = "m_" + ident if ident[0].isdigit() else ident
-    if len(ident) > MAX_IDENTIFIER_CHARS:
-        raise ValueError(f"the model name {shown} makes a C identifier of {len(ident)} "
-                         f"characters; give --name at most {MAX_IDENTIFIER_CHARS} (C tells "
-                         "names apart by their first 63 characters, and the generated "
-                         "names add up to 18)")
-    return ident
+def _sources(ident: str, part: str, lang: str, text: str) -> dict[str, str]:
+    data_file_names(ident, lang)  # checks lang
+    extensions = LANG_EXTENSIONS[lang]
+    note = ("" if len(extensions) == 1 else
+            f"// {ident}_{part}.c and .cc are the same source: compile one of them.\n")
+    return {f"{ident}_{part}{ext}": note + text for ext in extensions}
 
 
 #: Seconds the aligner may take (it takes well under one for any MCU-sized model).
@@ -126,7 +115,7 @@ def _hex_rows(data: bytes) -> str:
 def _literals(values: np.ndarray) -> str:
     flat = values.reshape(-1)
     if flat.dtype == np.float32:
-        items = [f"{float(v):.9g}f" if np.isfinite(v) else "0.0f" for v in flat]
+        items = [float_literal(v) if np.isfinite(v) else "0.0f" for v in flat]
     else:
         items = [str(int(v)) for v in flat]
     per_line = 16
@@ -138,18 +127,26 @@ def _literals(values: np.ndarray) -> str:
 
 def model_data_files(name: str, model: bytes, arena_bytes: int | None = None,
                      arena_minimum: int | None = None,
-                     flash: dict[str, int] | None = None) -> dict[str, str]:
-    """NAME_model_data.h / .cc for an (already aligned) flatbuffer; ``flash``: its
-    :func:`~tfqnet.export.flatbuffer.flash_breakdown`, noted in the header.
+                     flash: dict[str, int] | None = None, *,
+                     board_arenas: Mapping[str, int] | None = None,
+                     lang: str = "c++") -> dict[str, str]:
+    """NAME_model_data.h and NAME_model_data.c / .cc (per ``lang``) for an (already
+    aligned) flatbuffer.
 
-    The .cc file is valid C11 too (compile it with ``-x c``); the header declares the
-    array ``extern "C"`` so both languages link to the same symbol.
+    The header holds the array's declaration, the constants of every input and output
+    (:mod:`tfqnet.micro.io_constants`) and the tensor arena: ``arena_bytes`` as
+    measured on the TFLM runtime on this machine (``arena_minimum`` before the
+    margin), ``board_arenas`` per kernel set of :data:`~tfqnet.micro.arena_model.
+    KERNEL_SETS` (derived, with the margin), and ``NAME_TENSOR_ARENA_SIZE`` picking one
+    of them by the build's macros (see :func:`_arena_lines`). ``flash``: the model's
+    :func:`~tfqnet.export.flatbuffer.flash_breakdown`, noted in a comment.
     """
     ident = c_identifier(name)
     upper = ident.upper()
     guard = f"{upper}_MODEL_DATA_H_"
     header = [
         f"// Generated by tfqnet export-c: model '{ident}', {len(model)} bytes, 16-byte aligned.",
+        "// Plain C99 and C++11; the array is defined in the model_data source (C or C++).",
     ]
     if flash:
         header.append("// Flash by part (bytes): "
@@ -158,16 +155,12 @@ def model_data_files(name: str, model: bytes, arena_bytes: int | None = None,
         f"#ifndef {guard}",
         f"#define {guard}",
         "",
+        "#include <stdint.h>",
+        "",
         f"#define {upper}_MODEL_DATA_LEN {len(model)}u",
     ]
-    if arena_bytes is not None:
-        header += [
-            "",
-            "// Tensor arena: the smallest size the TFLM runtime accepted for this model"
-            + (f" ({arena_minimum} bytes)" if arena_minimum is not None else ""),
-            "// plus tfqnet's margin (tfqnet.micro.arena.ARENA_MARGIN), rounded to 16 bytes.",
-            f"#define {upper}_TENSOR_ARENA_SIZE {arena_bytes}u",
-        ]
+    header += ["", *io_constant_lines(parse_model(model), ident)]
+    header += _arena_lines(upper, arena_bytes, arena_minimum, board_arenas or {})
     header += [
         "",
         "#ifdef __cplusplus",
@@ -186,7 +179,7 @@ def model_data_files(name: str, model: bytes, arena_bytes: int | None = None,
     ]
     source = [
         f"// Generated by tfqnet export-c from the aligned flatbuffer of model '{ident}'.",
-        "// Valid C11 and C++11. const: the array stays in flash (.rodata).",
+        "// Valid C99 and C++11. const: the array stays in flash (.rodata).",
         f'#include "{ident}_model_data.h"',
         "",
         _ALIGN_MACRO,
@@ -197,10 +190,55 @@ def model_data_files(name: str, model: bytes, arena_bytes: int | None = None,
         f"const unsigned int g_{ident}_model_data_len = {upper}_MODEL_DATA_LEN;",
         "",
     ]
-    return {
-        f"{ident}_model_data.h": "\n".join(header),
-        f"{ident}_model_data.cc": "\n".join(source),
-    }
+    return {f"{ident}_model_data.h": "\n".join(header),
+            **_sources(ident, "model_data", lang, "\n".join(source))}
+
+
+def _arena_lines(upper: str, measured: int | None, minimum: int | None,
+                 boards: Mapping[str, int]) -> list[str]:
+    """The header's arena section. ``NAME_TENSOR_ARENA_SIZE``: the application's own
+    definition if it has one; else the CMSIS-NN figure when ``CMSIS_NN`` is defined
+    (TFLM's build defines it for OPTIMIZED_KERNEL_DIR=cmsis_nn), the MVE one when the
+    compiler targets MVE too, the reference one when ``TFQNET_REFERENCE_KERNELS`` is
+    defined; else the largest figure, which fits every kernel set listed."""
+    if measured is None and not boards:
+        return []
+    lines = ["", "// Tensor arena (bytes): TFLM needs one per kernel set and word size."]
+    figures: list[tuple[str, int]] = []
+    if measured is not None:
+        lines += [f"//   {upper}_TENSOR_ARENA_SIZE_HOST: reference kernels on a 64-bit host,",
+                  "//     measured on the TFLM runtime"
+                  + (f" (minimum {minimum} bytes)" if minimum is not None else "")
+                  + ", plus tfqnet.micro.arena.ARENA_MARGIN."]
+        figures.append(("HOST", measured))
+    for kernels in KERNEL_SETS:
+        if kernels.key in boards:
+            lines += [f"//   {upper}_TENSOR_ARENA_SIZE_{kernels.macro}: {kernels.label},",
+                      "//     derived from what the kernels allocate (tfqnet.micro.arena_model),"
+                      " plus the margin."]
+            figures.append((kernels.macro, boards[kernels.key]))
+    for macro, size in figures:
+        lines.append(f"#define {upper}_TENSOR_ARENA_SIZE_{macro} {size}u")
+    largest = max(figures, key=lambda item: item[1])[0]
+    lines += [
+        f"// {upper}_TENSOR_ARENA_SIZE: define it to use your own figure; else it is the",
+        "// CMSIS-NN figure when CMSIS_NN is defined (TFLM's OPTIMIZED_KERNEL_DIR=cmsis_nn",
+        "// build defines it; define it for this file too if your build does not pass TFLM's",
+        "// flags), the reference figure when TFQNET_REFERENCE_KERNELS is defined, and the",
+        f"// largest ({upper}_TENSOR_ARENA_SIZE_{largest}) otherwise.",
+        f"#ifndef {upper}_TENSOR_ARENA_SIZE",
+    ]
+    branches = [(k.condition, k.macro) for k in KERNEL_SETS if k.key in boards]
+    for n, (condition, macro) in enumerate(branches):
+        lines.append(f"#{'if' if n == 0 else 'elif'} {condition}")
+        lines.append(f"#define {upper}_TENSOR_ARENA_SIZE {upper}_TENSOR_ARENA_SIZE_{macro}")
+    if branches:
+        lines.append("#else")
+    lines.append(f"#define {upper}_TENSOR_ARENA_SIZE {upper}_TENSOR_ARENA_SIZE_{largest}")
+    if branches:
+        lines.append("#endif")
+    lines.append("#endif")
+    return lines
 
 
 def parse_c_byte_array(source: str, symbol: str) -> bytes:
@@ -212,8 +250,9 @@ def parse_c_byte_array(source: str, symbol: str) -> bytes:
 
 
 def golden_vector_files(name: str, inputs: Sequence[np.ndarray],
-                    outputs: Sequence[np.ndarray]) -> dict[str, str]:
-    """NAME_test_data.h / .cc: golden vectors, one ``[COUNT][ELEMENTS]`` array per tensor.
+                        outputs: Sequence[np.ndarray], *, lang: str = "c++") -> dict[str, str]:
+    """NAME_test_data.h and NAME_test_data.c / .cc (per ``lang``): golden vectors, one
+    ``[COUNT][ELEMENTS]`` array per tensor, plain C99 and C++11.
 
     ``inputs``/``outputs`` hold one array per model input/output, each of shape
     (COUNT, ...) in the tensor's own dtype (the codes the board reads and writes).
@@ -224,7 +263,7 @@ def golden_vector_files(name: str, inputs: Sequence[np.ndarray],
     guard = f"{upper}_TEST_DATA_H_"
     header = [
         f"// Generated by tfqnet export-c: {count} golden vector(s) computed by the TFLM",
-        f"// runtime (reference kernels) for model '{ident}'.",
+        f"// runtime (reference kernels) for model '{ident}'. Plain C99 and C++11.",
         f"#ifndef {guard}",
         f"#define {guard}",
         "",
@@ -238,9 +277,9 @@ def golden_vector_files(name: str, inputs: Sequence[np.ndarray],
     for kind, arrays in (("input", inputs), ("output", outputs)):
         for index, array in enumerate(arrays):
             array = np.asarray(array)
-            if array.dtype not in _C_TYPES:
+            if array.dtype not in C_TYPES:
                 raise ValueError(f"{kind} {index} has dtype {array.dtype}; no C type for it")
-            ctype = _C_TYPES[array.dtype]
+            ctype = C_TYPES[array.dtype]
             elements = int(np.prod(array.shape[1:])) if array.ndim > 1 else 1
             macro = f"{upper}_{kind.upper()}{index}_SIZE"
             header.append(f"#define {macro} {elements}")
@@ -257,135 +296,18 @@ def golden_vector_files(name: str, inputs: Sequence[np.ndarray],
     source = [f"// Generated by tfqnet export-c: golden vectors of model '{ident}'.",
               f'#include "{ident}_test_data.h"', "", *defs]
     return {f"{ident}_test_data.h": "\n".join(header),
-            f"{ident}_test_data.cc": "\n".join(source)}
-
-
-def check_program(name: str, input_count: int, output_dtypes: Sequence[np.dtype],
-                  float_tolerance: float = 1e-5) -> dict[str, str]:
-    """NAME_check.cc: runs every golden vector on the board and prints PASS/FAIL each.
-
-    Build it in a TFLM checkout together with the generated .cc files. Integer
-    outputs must match exactly (reference kernels are deterministic integer code);
-    float outputs within ``float_tolerance``. Exits non-zero when a vector fails.
-    """
-    ident = c_identifier(name)
-    upper = ident.upper()
-    compare = []
-    for index, dtype in enumerate(output_dtypes):
-        ctype = _C_TYPES[np.dtype(dtype)]
-        want = f"g_{ident}_output{index}[v]"
-        if np.dtype(dtype) == np.float32:
-            test = f"std::fabs(got[i] - {want}[i]) > {float_tolerance}f"
-        else:
-            test = f"got[i] != {want}[i]"
-        compare.append(
-            f"""    {{
-      const {ctype}* got = interpreter.typed_output_tensor<{ctype}>({index});
-      for (int i = 0; i < {upper}_OUTPUT{index}_SIZE; ++i) {{
-        if ({test}) {{ ok = false; ++mismatches; }}
-      }}
-    }}"""
-        )
-    return {
-        f"{ident}_check.cc": f"""\
-// Generated by tfqnet export-c: runs the golden vectors of model '{ident}' with TFLM
-// and prints PASS/FAIL per vector. Build inside a TFLM checkout with
-// {ident}_model_data.cc and {ident}_test_data.cc; returns 0 when every vector passes.
-#include <cmath>
-#include <cstring>
-
-#include "tensorflow/lite/micro/micro_interpreter.h"
-#include "tensorflow/lite/micro/micro_log.h"
-#include "tensorflow/lite/schema/schema_generated.h"
-
-#ifndef TFLITE_SCHEMA_VERSION  // tensorflow/lite/version.h, not in every TFLM checkout
-#define TFLITE_SCHEMA_VERSION 3
-#endif
-
-#include "{ident}_model_data.h"
-#include "{ident}_op_resolver.h"
-#include "{ident}_test_data.h"
-
-namespace {{
-alignas(16) uint8_t tensor_arena[{upper}_TENSOR_ARENA_SIZE];
-}}  // namespace
-
-int main() {{
-  const tflite::Model* model = tflite::GetModel(g_{ident}_model_data);
-  if (model->version() != TFLITE_SCHEMA_VERSION) {{
-    MicroPrintf("FAIL: schema version %d, expected %d", static_cast<int>(model->version()),
-                TFLITE_SCHEMA_VERSION);
-    return 1;
-  }}
-  {ident}_OpResolver resolver;
-  if ({ident}_RegisterOps(resolver) != kTfLiteOk) {{
-    MicroPrintf("FAIL: op registration");
-    return 1;
-  }}
-  tflite::MicroInterpreter interpreter(model, resolver, tensor_arena,
-                                       {upper}_TENSOR_ARENA_SIZE);
-  if (interpreter.AllocateTensors() != kTfLiteOk) {{
-    MicroPrintf("FAIL: AllocateTensors (arena %d bytes)", {upper}_TENSOR_ARENA_SIZE);
-    return 1;
-  }}
-  MicroPrintf("arena used: %d of %d bytes", static_cast<int>(interpreter.arena_used_bytes()),
-              {upper}_TENSOR_ARENA_SIZE);
-  int failed = 0;
-  for (int v = 0; v < {upper}_TEST_COUNT; ++v) {{
-{_copy_inputs(ident, upper, input_count)}
-    if (interpreter.Invoke() != kTfLiteOk) {{
-      MicroPrintf("vector %d: FAIL (Invoke error)", v);
-      ++failed;
-      continue;
-    }}
-    bool ok = true;
-    int mismatches = 0;
-{chr(10).join(compare)}
-    if (ok) {{
-      MicroPrintf("vector %d: PASS", v);
-    }} else {{
-      MicroPrintf("vector %d: FAIL (%d mismatching values)", v, mismatches);
-      ++failed;
-    }}
-  }}
-  MicroPrintf("%d/%d vectors passed", {upper}_TEST_COUNT - failed, {upper}_TEST_COUNT);
-  return failed == 0 ? 0 : 1;
-}}
-"""
-    }
-
-
-def _copy_inputs(ident: str, upper: str, input_count: int) -> str:
-    cases = "\n".join(
-        f"        case {k}: src = g_{ident}_input{k}[v]; "
-        f"bytes = sizeof(g_{ident}_input{k}[v]); break;"
-        for k in range(input_count)
-    )
-    return f"""\
-    for (int k = 0; k < {upper}_TEST_INPUTS; ++k) {{
-      TfLiteTensor* input = interpreter.input(k);
-      const void* src = nullptr;
-      size_t bytes = 0;
-      switch (k) {{
-{cases}
-        default: break;
-      }}
-      if (src == nullptr || bytes != input->bytes) {{
-        MicroPrintf("FAIL: input %d has %d bytes, the vector %d", k,
-                    static_cast<int>(input->bytes), static_cast<int>(bytes));
-        return 1;
-      }}
-      std::memcpy(input->data.raw, src, bytes);
-    }}"""
+            **_sources(ident, "test_data", lang, "\n".join(source))}
 
 
 __all__ = [
+    "LANG_EXTENSIONS",
     "MAX_IDENTIFIER_CHARS",
     "align_flatbuffer",
     "c_identifier",
     "check_program",
+    "data_file_names",
+    "golden_vector_files",
     "model_data_files",
     "parse_c_byte_array",
-    "golden_vector_files",
     "write_atomic",
 ]
