@@ -142,14 +142,32 @@ def test_keras_applications_mobilenets_translate_exactly(application, alpha):
 
 
 @pytest.mark.parametrize("suffix", [".keras", ".h5"])
-def test_a_saved_keras3_file_translates(tmp_path, suffix):
-    model3 = keras3.Sequential([keras3.Input((4,)), K.Dense(3, name="d")], name="saved")
+@pytest.mark.parametrize("writer", [keras3, keras], ids=["keras3", "tf_keras"])
+def test_a_saved_model_file_translates(tmp_path, suffix, writer):
+    """A file Keras 3 wrote is translated; one tf-keras wrote is loaded as it is."""
+    model = writer.Sequential([writer.Input((4,)), writer.layers.Dense(3, name="d")],
+                              name="saved")
     path = tmp_path / f"model{suffix}"
-    model3.save(path)
+    model.save(path)
     model2 = tfqnet.to_tf_keras(str(path))
+    assert type(model2).__module__.startswith("tf_keras") and model2.name == "saved"
     x = np.random.default_rng(4).normal(size=(5, 4)).astype(np.float32)
-    np.testing.assert_allclose(model2.predict(x, verbose=0), model3.predict(x, verbose=0),
+    np.testing.assert_allclose(model2.predict(x, verbose=0), model.predict(x, verbose=0),
                                atol=1e-6)
+
+
+def test_bad_paths_and_objects_are_refused_in_one_line(tmp_path):
+    with pytest.raises(ValueError, match=r"model\.pb: tfqnet reads Keras models from .keras"):
+        tfqnet.to_tf_keras(tmp_path / "model.pb")
+    with pytest.raises(FileNotFoundError, match="missing.keras: no such Keras model file"):
+        tfqnet.quantize_model(str(tmp_path / "missing.keras"))
+    (tmp_path / "junk.keras").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="junk.keras is not a readable .keras Keras file"):
+        tfqnet.to_tf_keras(tmp_path / "junk.keras")
+    with pytest.raises(TypeError, match="`model` must be a Keras model .* got int"):
+        tfqnet.quantize_model(3)
+    with pytest.raises(TypeError, match="`qat_model` must be a Keras model"):
+        tfqnet.convert("model.keras", np.zeros((1, 4), np.float32))
 
 
 def test_keras3_model_trained_saved_quantized_and_run_on_tflm(tmp_path, digits):
@@ -171,6 +189,10 @@ def test_keras3_model_trained_saved_quantized_and_run_on_tflm(tmp_path, digits):
     assert qat.evaluate(digits.x_test, digits.y_test, verbose=0)[1] > 0.8
     flatbuffer = tfqnet.convert(qat, digits.x_train[:100])
     assert top1_agreement(qat, flatbuffer, digits.x_test) >= 0.99
+    qat.save(tmp_path / "qat.keras")  # the QAT model is tf-keras: saved and loaded as ever
+    loaded = tfqnet.load_model(tmp_path / "qat.keras", compile=False)
+    np.testing.assert_array_equal(loaded.predict(digits.x_test[:64], verbose=0),
+                                  qat.predict(digits.x_test[:64], verbose=0))
 
 
 class _Custom(K.Layer):

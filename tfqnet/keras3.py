@@ -367,7 +367,9 @@ def to_tf_keras(model: Any) -> keras.Model:
     it to 1e-5 for every layer kind ``quantize_model`` supports and for
     ``keras.applications`` MobileNet and MobileNetV2. It is not compiled (compile it
     with tf_keras optimizers and losses); Keras 3 optimizer state is not carried over.
-    A tf-keras model is returned as it is.
+    A tf-keras model is returned as it is. Built-in layers beyond those kinds that
+    tf-keras also has (e.g. LayerNormalization) are translated by the same rule (config
+    keys tf-keras takes, weights matched by name and shape) but not each tested.
 
     Raises :class:`~tfqnet.errors.Keras3ModelError`, naming the layer and what to do,
     for what has no tf-keras equivalent: subclassed models, custom and ``Lambda``
