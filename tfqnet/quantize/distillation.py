@@ -53,7 +53,7 @@ class DistillationLoss(keras.losses.Loss):
     def call(self, y_true, y_pred):
         labels = tf.cast(y_true[:, 0], tf.int32)
         teacher = tf.stop_gradient(y_true[:, 1:])
-        hard = tf.keras.losses.sparse_categorical_crossentropy(labels, y_pred, from_logits=True)
+        hard = keras.losses.sparse_categorical_crossentropy(labels, y_pred, from_logits=True)
         t = self.temperature
         soft_teacher = tf.nn.softmax(teacher / t)
         log_student = tf.nn.log_softmax(y_pred / t)
