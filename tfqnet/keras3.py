@@ -38,6 +38,7 @@ _BASE_LAYER_KWARGS = {"name", "trainable", "dtype", "dynamic", "input_dim", "inp
 #: Keras 3 options some tf-keras layers lack, and the value those layers imply
 #: (e.g. tf-keras's ZeroPadding1D is channels_last only)
 _IMPLIED = {"data_format": "channels_last"}
+_UNSET = object()
 #: activations that compute the same in Keras 3 and tf-keras (by the name in the config)
 _SAME_ACTIVATIONS = ("linear", "relu", "relu6", "sigmoid", "tanh", "softmax", "softplus",
                      "softsign", "elu", "selu", "exponential", "swish", "silu", "mish",
@@ -90,7 +91,7 @@ def _filtered(config: dict, cls: type, where: str) -> dict:
     for key, value in config.items():
         if key in accepted:
             kept[key] = value
-        elif value is not None and value is not False and _IMPLIED.get(key, kept) != value:
+        elif value is not None and value is not False and _IMPLIED.get(key, _UNSET) != value:
             raise _error(where, f"it sets {key}={value!r:.60}, an option tf-keras's "
                          f"{cls.__name__} does not have",
                          f"build it without {key!r}, or {_REBUILD}")
@@ -102,7 +103,7 @@ def _object(value: dict, where: str) -> Any:
     class_name, module = value["class_name"], value.get("module")
     if class_name == "__tuple__":
         return tuple(_value(v, where) for v in value["config"]["value"])
-    if class_name == "DTypePolicy":
+    if class_name in ("DTypePolicy", "FloatDTypePolicy"):  # the latter: Keras < 3.5
         return value["config"]["name"]
     if class_name.endswith("DTypePolicy"):
         raise _error(where, f"it is quantized by Keras 3 ({class_name})",
@@ -238,7 +239,12 @@ def _functional(model: Any) -> keras.Model:
             except _Missing:
                 waiting.append((name, index, node))
                 continue
-            result = layers[name](*args, **kwargs)
+            try:
+                result = layers[name](*args, **kwargs)
+            except (TypeError, ValueError) as error:
+                raise _error(f"layer {name!r} ({type(layers[name]).__name__})",
+                             f"the tf-keras layer fails on its inputs "
+                             f"({str(error).strip().splitlines()[0]:.120})") from None
             outputs[name, index] = tf.nest.flatten(result)
         if len(waiting) == len(pending):
             raise _error(f"model {model.name!r}", "its graph has a node whose inputs are "
