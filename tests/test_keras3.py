@@ -16,6 +16,7 @@ import pytest
 import tfqnet
 from tests.helpers import fine_tune, top1_agreement
 from tfqnet._keras import keras
+from tfqnet.cli import main
 
 K = keras3.layers
 ROOT = Path(__file__).resolve().parent.parent
@@ -170,7 +171,7 @@ def test_bad_paths_and_objects_are_refused_in_one_line(tmp_path):
         tfqnet.convert("model.keras", np.zeros((1, 4), np.float32))
 
 
-def test_keras3_model_trained_saved_quantized_and_run_on_tflm(tmp_path, digits):
+def test_keras3_model_trained_saved_quantized_and_run_on_tflm(tmp_path, digits, capsys):
     keras3.utils.set_random_seed(0)
     inputs = keras3.Input((8, 8, 1), name="image")
     x = K.Conv2D(16, 3, padding="same", use_bias=False, name="conv1")(inputs)
@@ -193,6 +194,18 @@ def test_keras3_model_trained_saved_quantized_and_run_on_tflm(tmp_path, digits):
     loaded = tfqnet.load_model(tmp_path / "qat.keras", compile=False)
     np.testing.assert_array_equal(loaded.predict(digits.x_test[:64], verbose=0),
                                   qat.predict(digits.x_test[:64], verbose=0))
+
+    (tmp_path / "m.tflite").write_bytes(flatbuffer)
+    np.save(tmp_path / "x.npy", digits.x_test[:64])
+    check = ["check", str(tmp_path / "m.tflite"), "--data", str(tmp_path / "x.npy"), "--quiet",
+             "--keras"]
+    assert main([*check, str(tmp_path / "qat.keras")]) == 0
+    capsys.readouterr()
+    assert main([*check, str(path)]) == 2  # the Keras 3 float model, not the QAT model
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("tfqnet: error: ") and error.endswith(
+        "digits3.keras is a Keras 3 model; --keras takes the tfqnet QAT model the flatbuffer "
+        "was converted from (save what quantize_model returned, e.g. qat.save('qat.keras'))")
 
 
 class _Custom(K.Layer):

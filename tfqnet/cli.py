@@ -226,6 +226,12 @@ def _check(args) -> int:
         try:
             keras_model = load_keras_model(args.keras)
         except Exception as error:  # any loader failure is a bad input, reported in one line
+            from tfqnet.keras3 import written_by_keras3  # lazy: TensorFlow, as load_keras_model
+
+            if written_by_keras3(args.keras):
+                raise _UsageError(f"{args.keras} is a Keras 3 model; --keras takes the tfqnet "
+                                  "QAT model the flatbuffer was converted from (save what "
+                                  "quantize_model returned, e.g. qat.save('qat.keras'))") from None
             raise _UsageError(f"cannot load the Keras model {args.keras}: "
                               f"{str(error).strip().splitlines()[0][:300]}") from None
     try:

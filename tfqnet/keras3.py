@@ -340,6 +340,18 @@ def _file_keras_version(path: Path) -> str:
     return version.decode() if isinstance(version, bytes) else str(version)
 
 
+def written_by_keras3(path: str | Path) -> bool:
+    """True if ``path`` is a ``.keras``/``.h5`` file Keras 3 wrote (False if it is not,
+    or cannot be read)."""
+    path = Path(path)
+    if path.suffix not in (".keras", ".h5", ".hdf5") or not path.is_file():
+        return False
+    try:
+        return _file_keras_version(path).startswith("3.")
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return False
+
+
 def load(path: str | Path) -> keras.Model:
     """The tf-keras model saved in a ``.keras`` or ``.h5`` file, translated with
     :func:`to_tf_keras` if Keras 3 wrote it (not compiled)."""
@@ -404,4 +416,4 @@ def as_tf_keras_model(model: Any, argument: str = "model", paths: bool = True) -
     raise TypeError(f"`{argument}` must be {accepted}, got {type(model).__name__}.")
 
 
-__all__ = ["as_tf_keras_model", "load", "to_tf_keras"]
+__all__ = ["as_tf_keras_model", "load", "to_tf_keras", "written_by_keras3"]
