@@ -40,6 +40,9 @@ def _assert_same(model3, inputs, tolerance=1e-5):
             for old, new in zip(layers3[layer.name].get_weights(), layer.get_weights(),
                                 strict=True):
                 np.testing.assert_array_equal(old, new)
+    assert model2.trainable == model3.trainable
+    assert len(model2.trainable_weights) == len(model3.trainable_weights)
+    assert len(model2.weights) == len(model3.weights)
     expected = _as_list(model3.predict(inputs, verbose=0))
     got = _as_list(model2.predict(inputs, verbose=0))
     assert len(expected) == len(got)
@@ -94,9 +97,11 @@ def test_every_layer_kind_translates_exactly():
     rng = np.random.default_rng(0)
     model3 = _every_kind_model()
     _randomize_batch_norms(model3, rng)
+    model3.get_layer("bn_dw").trainable = False
     model2 = _assert_same(model3, rng.uniform(0, 255, (8, 12, 12, 3)).astype(np.float32))
     assert model2.get_layer("fc").kernel_regularizer.get_config()["l2"] == pytest.approx(1e-4)
     assert model2.get_layer("drop").rate == 0.3
+    assert not model2.get_layer("bn_dw").trainable and model2.get_layer("bn").trainable
     # and tfqnet quantizes it (Rescaling and SeparableConv2D left float: no rule for them)
     qat = tfqnet.quantize_model(model3, skip=["rescale", "sep"])
     assert "quant_conv" in [layer.name for layer in qat.layers]
@@ -111,6 +116,7 @@ def test_sequential_with_normalization_translates_exactly():
                                 K.Dense(4, activation="tanh", name="d1"),
                                 K.Dense(4, activation="relu6", name="d_relu6"),
                                 K.Dense(3, activation="silu", name="d2")], name="seq")
+    model3.trainable = False  # a frozen model stays frozen
     model2 = _assert_same(model3, rng.normal(size=(8, 6)).astype(np.float32))
     assert isinstance(model2, keras.Sequential)
 
@@ -264,6 +270,17 @@ def test_quantize_model_reports_an_untranslatable_keras3_layer():
     model = _functional(K.Dense(4, name="d"), _Custom(name="twice"))
     with pytest.raises(tfqnet.Keras3ModelError, match=r"'twice'.*custom layer"):
         tfqnet.quantize_model(model)
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_a_keras3_file_with_an_unknown_custom_layer_is_one_line(tmp_path, suffix):
+    path = tmp_path / f"custom{suffix}"
+    _functional(K.Dense(4, name="d"), _Custom(name="twice")).save(path)
+    with pytest.raises(tfqnet.Keras3ModelError,
+                       match=r"layer 'twice' \(_Custom\) of .*custom.*: it is a custom layer"
+                       ) as error:
+        tfqnet.quantize_model(path)
+    assert "\n" not in str(error.value)
 
 
 def test_keras3_quantized_layers_are_refused():

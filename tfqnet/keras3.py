@@ -324,7 +324,8 @@ def _model(model: Any) -> keras.Model:
         if not isinstance(operation, keras3.layers.InputLayer | keras3.Model):
             _layer_class(operation, f"layer {operation.name!r} ({type(operation).__name__})")
     rebuilt = _sequential(model) if sequential else _functional(model)
-    rebuilt.trainable = model.trainable
+    if not model.trainable:  # (setting True would also unfreeze every layer)
+        rebuilt.trainable = False
     return rebuilt
 
 
@@ -338,6 +339,30 @@ def _file_keras_version(path: Path) -> str:
     with h5py.File(path, "r") as h5:
         version = h5.attrs.get("keras_version", "")
     return version.decode() if isinstance(version, bytes) else str(version)
+
+
+def _file_config(path: Path) -> dict:
+    if path.suffix == ".keras":
+        with zipfile.ZipFile(path) as archive:
+            return json.loads(archive.read("config.json"))
+    import h5py  # a tf-keras dependency
+
+    with h5py.File(path, "r") as h5:
+        config = h5.attrs.get("model_config", "{}")
+    return json.loads(config.decode() if isinstance(config, bytes) else config)
+
+
+def _custom_layers(config: dict) -> list[tuple[str, str]]:
+    """``(layer name, class name)`` of the layers in a saved model config (nested models
+    too) that are no built-in Keras 3 class."""
+    keras3, found = _keras3(), []
+    for entry in (config.get("config") or {}).get("layers", []):
+        class_name, module = entry.get("class_name", ""), entry.get("module") or "keras"
+        if class_name in ("Functional", "Sequential", "Model") and module.startswith("keras"):
+            found.extend(_custom_layers(entry))
+        elif getattr(keras3.layers, class_name, None) is None or not module.startswith("keras"):
+            found.append(((entry.get("config") or {}).get("name", "?"), class_name))
+    return found
 
 
 def written_by_keras3(path: str | Path) -> bool:
@@ -370,6 +395,15 @@ def load(path: str | Path) -> keras.Model:
     try:
         model = _keras3().saving.load_model(path, compile=False)
     except (TypeError, ValueError) as error:
+        try:
+            custom = _custom_layers(_file_config(path))
+        except (OSError, KeyError, ValueError):
+            custom = []
+        if custom:
+            name, class_name = custom[0]
+            raise _error(f"layer {name!r} ({class_name}) of {path}", "it is a custom layer, "
+                         "and tfqnet cannot translate its code (Keras 3 cannot load it here "
+                         "either)", f"write it as a tf_keras layer and {_REBUILD}") from None
         raise Keras3ModelError(f"Keras 3 cannot load {path}: {str(error).splitlines()[0]:.200}"
                                " (a custom layer must be importable and registered with "
                                "keras.saving.register_keras_serializable)") from None
