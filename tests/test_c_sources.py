@@ -171,6 +171,22 @@ def test_c_sources_compile_pedantic_and_quantize_as_tflite(exported, tmp_path, s
     assert lines[0] == f"arena {largest} len {defines['DIGITS_MODEL_DATA_LEN'].rstrip('u')}"
 
 
+def test_the_arena_constant_follows_the_kernel_macros(exported, tmp_path):
+    _need("gcc")
+    out, _, x = exported
+    sizes = {k: v.rstrip("u") for k, v in _defines((out / "digits_model_data.h").read_text())
+             .items() if k.startswith("DIGITS_TENSOR_ARENA_SIZE_")}
+    values = x.reshape(-1)[:4]
+    for defines, key in ((["-DCMSIS_NN"], "CMSIS_NN"),
+                         (["-DTFQNET_REFERENCE_KERNELS"], "REFERENCE"),
+                         (["-DDIGITS_TENSOR_ARENA_SIZE=777u"], None)):
+        first = _host_program(out, tmp_path, "c11", values, defines).splitlines()[0]
+        want = "777" if key is None else sizes.get(f"DIGITS_TENSOR_ARENA_SIZE_{key}")
+        if want is None:
+            pytest.fail(f"the header has no DIGITS_TENSOR_ARENA_SIZE_{key}: {sorted(sizes)}")
+        assert first.startswith(f"arena {want} ")
+
+
 @pytest.mark.parametrize("cpu", CORTEX_M)
 def test_c_sources_compile_for_cortex_m(exported, tmp_path, cpu):
     _need("arm-none-eabi-gcc")

@@ -33,7 +33,8 @@ from tfqnet.errors import InvalidModelFileError, TfqnetError
 from tfqnet.export.compact import compact
 from tfqnet.export.flatbuffer import FLASH_PARTS, flash_breakdown, packed_bytes
 from tfqnet.micro import c_arrays
-from tfqnet.micro.arena import ArenaProbeError, measure_arena
+from tfqnet.micro.arena import ArenaProbeError, measure_arena, with_margin
+from tfqnet.micro.arena_model import KERNEL_SETS, board_arenas, unmodelled_ops
 from tfqnet.micro.check_program import check_program
 from tfqnet.micro.checker import check_model, load_keras_model
 from tfqnet.micro.equivalence import same_outputs
@@ -163,8 +164,9 @@ def _export_c(args) -> int:
 
     files = {}
     flash = flash_breakdown(aligned)
+    boards = {k: with_margin(e.minimum) for k, e in board_arenas(graph).items()}
     files.update(c_arrays.model_data_files(args.name, aligned, arena.reported, arena.minimum,
-                                           flash, lang=args.lang))
+                                           flash, board_arenas=boards, lang=args.lang))
     files[f"{ident}_op_resolver.h"] = resolver
     files.update(c_arrays.golden_vector_files(args.name, codes, outputs, lang=args.lang))
     files.update(check_program(args.name, len(codes), [o.dtype for o in outputs]))
@@ -178,6 +180,13 @@ def _export_c(args) -> int:
           f"{arena.minimum}), {codes[0].shape[0]} vector(s) "
           f"[{time.monotonic() - started:.1f} s]")
     print("flash by part: " + ", ".join(f"{part} {n}" for part, n in flash.items()))
+    if boards:
+        print("arena on 32-bit Cortex-M (derived, with margin): " + ", ".join(
+            f"{k.key} {boards[k.key]}" for k in reversed(KERNEL_SETS) if k.key in boards))
+    else:
+        print("arena on 32-bit Cortex-M: not derived (ops "
+              + ", ".join(unmodelled_ops(graph)) + " are not modelled); the header has the "
+              "host figure only")
     return EXIT_OK
 
 

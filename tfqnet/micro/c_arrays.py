@@ -226,8 +226,12 @@ def _arena_lines(upper: str, measured: int | None, minimum: int | None,
         "// build defines it; define it for this file too if your build does not pass TFLM's",
         "// flags), the reference figure when TFQNET_REFERENCE_KERNELS is defined, and the",
         f"// largest ({upper}_TENSOR_ARENA_SIZE_{largest}) otherwise.",
-        f"#ifndef {upper}_TENSOR_ARENA_SIZE",
     ]
+    absent = [k.label for k in KERNEL_SETS if k.key not in boards]
+    if absent:  # a macro without its figure falls through to the largest
+        lines.append("// Not derived for this model (an op whose allocations tfqnet does "
+                     "not model): " + "; ".join(absent) + ".")
+    lines.append(f"#ifndef {upper}_TENSOR_ARENA_SIZE")
     branches = [(k.condition, k.macro) for k in KERNEL_SETS if k.key in boards]
     for n, (condition, macro) in enumerate(branches):
         lines.append(f"#{'if' if n == 0 else 'elif'} {condition}")
