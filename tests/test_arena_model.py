@@ -5,6 +5,9 @@ Cortex-M figures of ../shared/tflm-facts.md (TFLM 90b983c2 on M4 and M55, measur
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -32,15 +35,13 @@ def _graph(flatbuffer: bytes) -> tuple[bytes, FlatbufferModel]:
     return aligned, FlatbufferModel.from_bytes(aligned)
 
 
-def _tiny(layers, shape, seed: int) -> bytes:
+def _tiny(build, shape, seed: int) -> bytes:
     """A small per-channel int8 flatbuffer straight from TFLite's converter (no tfqnet),
-    so that the derivation meets the converter's defaults too (per-channel Dense)."""
+    so that the derivation meets the converter's defaults too (per-channel Dense);
+    ``build`` maps the Keras input to the output."""
     keras.utils.set_random_seed(seed)
     inputs = keras.Input(shape)
-    x = inputs
-    for layer in layers:
-        x = layer(x)
-    model = keras.Model(inputs, x)
+    model = keras.Model(inputs, build(inputs))
     rng = np.random.default_rng(seed)
 
     def representative():
@@ -71,11 +72,21 @@ def host_models(digits_models):
     """Every model of this module, with the TFLM runtime's measured minimum."""
     L = keras.layers
     models = {name: aligned for name, (aligned, _) in digits_models.items()}
-    models["conv-dw-pool-fc"] = align_flatbuffer(_tiny(
-        [L.Conv2D(8, 3, padding="same"), L.DepthwiseConv2D(3, strides=2, padding="same"),
-         L.MaxPooling2D(), L.Flatten(), L.Dense(4)], (8, 8, 2), 0))
-    models["fc-fc-fc"] = align_flatbuffer(_tiny([L.Dense(8), L.Dense(8), L.Dense(3)],
+
+    def chain(*layers):
+        def build(x):
+            for layer in layers:
+                x = layer(x)
+            return x
+        return build
+
+    models["conv-dw-pool-fc"] = align_flatbuffer(_tiny(chain(
+        L.Conv2D(8, 3, padding="same"), L.DepthwiseConv2D(3, strides=2, padding="same"),
+        L.MaxPooling2D(), L.Flatten(), L.Dense(4)), (8, 8, 2), 0))
+    models["fc-fc-fc"] = align_flatbuffer(_tiny(chain(L.Dense(8), L.Dense(8), L.Dense(3)),
                                                 (16,), 1))
+    models["conv-add-avgpool"] = align_flatbuffer(_tiny(
+        lambda x: L.AveragePooling2D()(L.Add()([L.Conv2D(2, 1)(x), x])), (4, 4, 2), 2))
     return {name: (FlatbufferModel.from_bytes(m), measure_arena(m).minimum)
             for name, m in models.items()}
 
@@ -124,6 +135,17 @@ def test_an_op_whose_allocations_are_unknown_gives_no_figure():
     assert derive_arena(graph, "reference") is None
     assert board_arenas(graph) == {}
     assert "TOPK_V2" in unmodelled_ops(graph)
+
+
+def test_shapes_a_kernel_would_refuse_give_no_figure(digits_models):
+    _, graph = digits_models["int8"]
+    conv = next(op for op in graph.operators if op.name == "CONV_2D")
+    broken = copy.copy(graph)
+    broken.tensors = list(graph.tensors)
+    broken.tensors[conv.inputs[1]] = dataclasses.replace(graph.tensors[conv.inputs[1]],
+                                                          shape=(144,))
+    assert derive_arena(broken, "cmsis_nn") is None
+    assert "CONV_2D" in unmodelled_ops(broken, "cmsis_nn")
 
 
 def test_check_names_the_kernel_set_of_every_arena_figure():

@@ -28,10 +28,10 @@ The structure sizes per word size are in :data:`ABIS` (64-bit: the PyPI runtime,
 with TFLM's recording allocator and USE_TFLM_COMPRESSION; 32-bit: a Cortex-M build of
 TFLM with the plain allocator, no compression); three values in it are fitted to
 measurements, not read from sources (ABIS says which and why). The kernels' allocations
-are in :func:`_reference_plan` and :func:`_cmsis_plan`: CONV_2D, DEPTHWISE_CONV_2D
-(reference only), FULLY_CONNECTED, MAX_POOL_2D, AVERAGE_POOL_2D (reference only) and
-RESHAPE. A model with any other op gets no figure (None; :func:`unmodelled_ops` names
-the ops), never a guess.
+are in :func:`_reference_plan` and :func:`_cmsis_plan`: CONV_2D, DEPTHWISE_CONV_2D,
+AVERAGE_POOL_2D and ADD (reference only), FULLY_CONNECTED, MAX_POOL_2D and RESHAPE. A
+model with any other op gets no figure (None; :func:`unmodelled_ops` names the ops),
+never a guess.
 
 Differences from the measured figures, and why (tests/test_arena_model.py):
 
@@ -41,10 +41,11 @@ Differences from the measured figures, and why (tests/test_arena_model.py):
   all six figures. The smallest arena that ran was 12 bytes more every time (``used``
   is 4 mod 16), so ``minimum`` is at least ``used`` rounded up to 16.
 * 64-bit host: the derived minimum equals the TFLM runtime's measured one for the
-  digits models and for small conv, depthwise and pooling models, and is 16 bytes
-  above it for some models with per-channel FULLY_CONNECTED filters (the converter's
-  default for Dense, not TFMOT's): their Prepare peak is 16 bytes lower than the
-  temporaries modelled here add up to. Above, never below, and within the 5% margin.
+  digits models and for small conv, depthwise, pooling and residual-add models, and is
+  16 bytes above it for some models with per-channel FULLY_CONNECTED filters (the
+  converter's default for Dense, not TFMOT's): their Prepare peak is 16 bytes lower
+  than the temporaries modelled here add up to. Above, never below, and within the 5%
+  margin.
 * Not modelled: the Arm Compiler 6 buffer of CMSIS-NN's 1x1 convolution (GCC builds
   need none), dilated convolutions' buffers, CMSIS-NN's depthwise and average-pool
   buffers, offline-planned models, variable tensors and models with several subgraphs.
@@ -100,8 +101,8 @@ class Abi:
 #: OpDataPooling (pooling.h), CMSIS-NN's OpData = the reference one plus a buffer index
 #: (conv, pooling), and for FULLY_CONNECTED two pointers, the index, kernel_sums and
 #: three ints (cmsis_nn/fully_connected.cc).
-_OP_DATA_64 = {"conv": 80, "fully_connected": 72, "pooling": 32}
-_OP_DATA_32 = {"conv": 56, "fully_connected": 48, "pooling": 32, "cmsis_conv": 60,
+_OP_DATA_64 = {"conv": 80, "fully_connected": 72, "pooling": 32, "add": 60}
+_OP_DATA_32 = {"conv": 56, "fully_connected": 48, "pooling": 32, "add": 60, "cmsis_conv": 60,
                "cmsis_fully_connected": 76, "cmsis_pooling": 36}
 
 #: The builds the derivation knows. ``host64``: the PyPI TFLM runtime (recording
@@ -134,7 +135,7 @@ _ITEM_BYTES = {"FLOAT32": 4, "INT32": 4, "UINT32": 4, "INT16": 2, "UINT16": 2, "
 #: 16; the probes' tails need 16 more per FULLY_CONNECTED op).
 _BUILTIN_BYTES = {
     "CONV_2D": 28, "DEPTHWISE_CONV_2D": 28, "FULLY_CONNECTED": 32, "MAX_POOL_2D": 40,
-    "AVERAGE_POOL_2D": 40, "RESHAPE": 36,
+    "AVERAGE_POOL_2D": 40, "RESHAPE": 36, "ADD": 8,
 }
 
 
@@ -208,6 +209,8 @@ def _reference_plan(graph: FlatbufferModel, op: Operator, abi: Abi, mve: bool) -
         return OpPlan([abi.op_data["pooling"]], [], [], [ins[0], out])
     if op.name == "RESHAPE":
         return OpPlan([], [], [], [ins[0], out])
+    if op.name == "ADD":  # OpDataAdd: no pointers, 60 bytes on both word sizes
+        return OpPlan([abi.op_data["add"]], [], [], [ins[0], ins[1], out])
     return None
 
 
@@ -280,13 +283,21 @@ _ABI_KERNELS = {"host64": ("reference",), "cortex_m32": ("reference", "cmsis_nn"
                                                           "cmsis_nn_mve")}
 
 
+def _plan(graph: FlatbufferModel, op: Operator, kernels: str, abi: Abi) -> OpPlan | None:
+    """The op's allocations, or None when unknown (as for shapes the kernel would refuse:
+    the derivation never guesses)."""
+    planner, mve = _PLANNERS[kernels]
+    try:
+        return planner(graph, op, abi, mve)
+    except (IndexError, ValueError, TypeError):
+        return None
+
+
 def unmodelled_ops(graph: FlatbufferModel, kernels: str = "reference",
                    abi: str = "cortex_m32") -> list[str]:
     """The ops of ``graph`` whose allocations the derivation does not know (sorted)."""
-    planner, mve = _PLANNERS[kernels]
-    layout = ABIS[abi]
     return sorted({op.name for op in graph.operators
-                   if planner(graph, op, layout, mve) is None})
+                   if _plan(graph, op, kernels, ABIS[abi]) is None})
 
 
 def _tensor_bytes(tensor: Tensor) -> int:
@@ -417,17 +428,27 @@ def derive_arena(graph: FlatbufferModel, kernels: str = "reference",
     for that kernel set (:func:`unmodelled_ops` names them)."""
     if kernels not in _ABI_KERNELS[abi]:
         raise ValueError(f"no derivation of {kernels} kernels on {abi}")
-    planner, mve = _PLANNERS[kernels]
     layout = ABIS[abi]
-    plans = [planner(graph, op, layout, mve) for op in graph.operators]
-    if any(plan is None for plan in plans):
+    found = [_plan(graph, op, kernels, layout) for op in graph.operators]
+    plans = [plan for plan in found if plan is not None]
+    if len(plans) != len(found):
         return None
     scratch = [(k, nbytes) for k, plan in enumerate(plans) for nbytes in plan.scratch]
     head, buffers = _head(graph, scratch)
     tail = _fits(graph, plans, layout, 1 << 40, head, buffers)[1]
-    size = max(16, head + tail - 2 * _ALIGN)
-    while not _fits(graph, plans, layout, size, head, buffers)[0]:
-        size += 1
+
+    def fits(size: int) -> bool:
+        return _fits(graph, plans, layout, size, head, buffers)[0]
+
+    # Fitting is monotone in the size but for alignment (up to 16 bytes): bisect, then
+    # look at the 32 sizes below the bound found.
+    low, high = max(16, head + tail - 2 * _ALIGN), head + tail
+    while not fits(high):
+        low, high = high, 2 * high
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if fits(middle) else (middle, high)
+    size = min(n for n in range(max(16, high - 2 * _ALIGN), high + 1) if fits(n))
     return ArenaEstimate(kernels, abi, head, tail, max(size, _up(head + tail, _ALIGN)),
                          sum(nbytes for _, nbytes in scratch))
 
@@ -436,7 +457,7 @@ def board_arenas(graph: FlatbufferModel) -> dict[str, ArenaEstimate]:
     """The derived 32-bit Cortex-M arena of every :data:`KERNEL_SETS` entry whose ops are
     all known (an empty dict when none is)."""
     found = {}
-    for kernels in KERNEL_SETS:
+    for kernels in reversed(KERNEL_SETS):  # reference first, as check lists them
         estimate = derive_arena(graph, kernels.key, "cortex_m32")
         if estimate is not None:
             found[kernels.key] = estimate
