@@ -224,8 +224,9 @@ def _arena_lines(upper: str, measured: int | None, minimum: int | None,
         f"// {upper}_TENSOR_ARENA_SIZE: define it to use your own figure; else it is the",
         "// CMSIS-NN figure when CMSIS_NN is defined (TFLM's OPTIMIZED_KERNEL_DIR=cmsis_nn",
         "// build defines it; define it for this file too if your build does not pass TFLM's",
-        "// flags), the reference figure when TFQNET_REFERENCE_KERNELS is defined, and the",
-        f"// largest ({upper}_TENSOR_ARENA_SIZE_{largest}) otherwise.",
+        "// flags), the MVE one if the compiler also targets MVE (__ARM_FEATURE_MVE), the",
+        "// reference figure when TFQNET_REFERENCE_KERNELS is defined, and the largest",
+        f"// ({upper}_TENSOR_ARENA_SIZE_{largest}) otherwise.",
     ]
     absent = [k.label for k in KERNEL_SETS if k.key not in boards]
     if absent:  # a macro without its figure falls through to the largest
