@@ -28,10 +28,11 @@ The structure sizes per word size are in :data:`ABIS` (64-bit: the PyPI runtime,
 with TFLM's recording allocator and USE_TFLM_COMPRESSION; 32-bit: a Cortex-M build of
 TFLM with the plain allocator, no compression); three values in it are fitted to
 measurements, not read from sources (ABIS says which and why). The kernels' allocations
-are in :func:`_reference_plan` and :func:`_cmsis_plan`: CONV_2D, DEPTHWISE_CONV_2D,
-AVERAGE_POOL_2D and ADD (reference only), FULLY_CONNECTED, MAX_POOL_2D and RESHAPE. A
-model with any other op gets no figure (None; :func:`unmodelled_ops` names the ops),
-never a guess.
+are in :func:`_reference_plan` and :func:`_cmsis_plan`: CONV_2D, FULLY_CONNECTED,
+MAX_POOL_2D, RESHAPE and int8 MEAN for both; DEPTHWISE_CONV_2D, AVERAGE_POOL_2D and ADD
+for the reference kernels only (CMSIS-NN replaces them with kernels of its own whose
+allocations are not modelled). A model with any other op gets no figure (None;
+:func:`unmodelled_ops` names the ops), never a guess.
 
 Differences from the measured figures, and why (tests/test_arena_model.py):
 
@@ -41,7 +42,8 @@ Differences from the measured figures, and why (tests/test_arena_model.py):
   all six figures. The smallest arena that ran was 12 bytes more every time (``used``
   is 4 mod 16), so ``minimum`` is at least ``used`` rounded up to 16.
 * 64-bit host: the derived minimum equals the TFLM runtime's measured one for the
-  digits models and for small conv, depthwise, pooling and residual-add models, and is
+  digits models and for small conv, depthwise, pooling, residual-add and mean models
+  (the MEAN scratch buffers and temporaries are read off such probes), and is
   16 bytes above it for some models with per-channel FULLY_CONNECTED filters (the
   converter's default for Dense, not TFMOT's): their Prepare peak is 16 bytes lower
   than the temporaries modelled here add up to. Above, never below, and within the 5%
@@ -101,8 +103,9 @@ class Abi:
 #: OpDataPooling (pooling.h), CMSIS-NN's OpData = the reference one plus a buffer index
 #: (conv, pooling), and for FULLY_CONNECTED two pointers, the index, kernel_sums and
 #: three ints (cmsis_nn/fully_connected.cc).
-_OP_DATA_64 = {"conv": 80, "fully_connected": 72, "pooling": 32, "add": 60}
-_OP_DATA_32 = {"conv": 56, "fully_connected": 48, "pooling": 32, "add": 60, "cmsis_conv": 60,
+_OP_DATA_64 = {"conv": 80, "fully_connected": 72, "pooling": 32, "add": 60, "reduce": 44}
+_OP_DATA_32 = {"conv": 56, "fully_connected": 48, "pooling": 32, "add": 60, "reduce": 44,
+               "cmsis_conv": 60,
                "cmsis_fully_connected": 76, "cmsis_pooling": 36}
 
 #: The builds the derivation knows. ``host64``: the PyPI TFLM runtime (recording
@@ -135,7 +138,7 @@ _ITEM_BYTES = {"FLOAT32": 4, "INT32": 4, "UINT32": 4, "INT16": 2, "UINT16": 2, "
 #: 16; the probes' tails need 16 more per FULLY_CONNECTED op).
 _BUILTIN_BYTES = {
     "CONV_2D": 28, "DEPTHWISE_CONV_2D": 28, "FULLY_CONNECTED": 32, "MAX_POOL_2D": 40,
-    "AVERAGE_POOL_2D": 40, "RESHAPE": 36, "ADD": 8,
+    "AVERAGE_POOL_2D": 40, "RESHAPE": 36, "ADD": 8, "MEAN": 1,
 }
 
 
@@ -211,6 +214,13 @@ def _reference_plan(graph: FlatbufferModel, op: Operator, abi: Abi, mve: bool) -
         return OpPlan([], [], [], [ins[0], out])
     if op.name == "ADD":  # OpDataAdd: no pointers, 60 bytes on both word sizes
         return OpPlan([abi.op_data["add"]], [], [], [ins[0], ins[1], out])
+    if op.name == "MEAN" and t[ins[0]].type in ("INT8", "INT16"):
+        # OpDataReduce (no pointers); scratch: the int32 sums, the resolved axes and the
+        # input's index; Prepare's helper takes input, axis and output again
+        axes = element_count(t[ins[1]].shape)
+        return OpPlan([abi.op_data["reduce"]], [],
+                      [4 * element_count(t[out].shape), 4 * axes, 4 * len(t[ins[0]].shape)],
+                      [ins[0], ins[1], out, ins[0], ins[1], out])
     return None
 
 
@@ -267,8 +277,8 @@ def _cmsis_plan(graph: FlatbufferModel, op: Operator, abi: Abi, mve: bool) -> Op
                       [ins[0], ins[1], _optional(ins, 2), out])
     if op.name == "MAX_POOL_2D":
         return OpPlan([abi.op_data["cmsis_pooling"]], [], [], [ins[0], out])
-    if op.name == "RESHAPE":
-        return OpPlan([], [], [], [ins[0], out])
+    if op.name in ("RESHAPE", "MEAN"):  # no CMSIS-NN kernel: the reference one runs
+        return _reference_plan(graph, op, abi, mve)
     return None
 
 
