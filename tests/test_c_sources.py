@@ -18,7 +18,9 @@ import pytest
 from tests.micro_helpers import digits_qat_and_tflite
 from tfqnet.cli import main
 from tfqnet.export.flatbuffer import FlatbufferModel
-from tfqnet.micro.c_arrays import data_file_names
+from tfqnet.micro.arena import with_margin
+from tfqnet.micro.arena_model import board_arenas
+from tfqnet.micro.c_arrays import align_flatbuffer, data_file_names
 from tfqnet.micro.c_names import float_literal
 
 STUBS = Path(__file__).resolve().parent / "c_stubs"
@@ -185,6 +187,26 @@ def test_the_arena_constant_follows_the_kernel_macros(exported, tmp_path):
         if want is None:
             pytest.fail(f"the header has no DIGITS_TENSOR_ARENA_SIZE_{key}: {sorted(sizes)}")
         assert first.startswith(f"arena {want} ")
+
+
+def test_export_c_writes_and_prints_the_derived_arena_per_kernel_set(exported, tmp_path,
+                                                                     capsys):
+    _, tflite, _ = exported
+    model = tmp_path / "m.tflite"
+    model.write_bytes(tflite)
+    assert main(["export-c", str(model), "--out", str(tmp_path / "c"), "--name", "digits",
+                 "--count", "1", "--lang", "c"]) == 0
+    out = capsys.readouterr().out
+    derived = board_arenas(FlatbufferModel.from_bytes(align_flatbuffer(tflite)))
+    want = {k: with_margin(e.minimum) for k, e in derived.items()}
+    assert set(want) == {"reference", "cmsis_nn", "cmsis_nn_mve"}
+    assert ("arena on 32-bit Cortex-M (derived, with margin): "
+            + ", ".join(f"{k} {v}" for k, v in want.items())) in out
+    defines = _defines((tmp_path / "c" / "digits_model_data.h").read_text())
+    for key, size in want.items():
+        assert defines[f"DIGITS_TENSOR_ARENA_SIZE_{key.upper()}"] == f"{size}u"
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == sorted(
+        [*data_file_names("digits", "c"), "digits_op_resolver.h", "digits_check.cc"])
 
 
 @pytest.mark.parametrize("cpu", CORTEX_M)
