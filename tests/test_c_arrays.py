@@ -14,6 +14,7 @@ from tests.micro_helpers import digits_qat_and_tflite
 from tfqnet.errors import InvalidModelFileError
 from tfqnet.export.flatbuffer import FlatbufferModel
 from tfqnet.micro import run_tflm
+from tfqnet.micro.arena_model import KERNEL_SETS
 from tfqnet.micro.c_arrays import (
     MAX_IDENTIFIER_CHARS,
     align_flatbuffer,
@@ -82,8 +83,8 @@ def test_model_array_round_trips_byte_for_byte(aligned, sources):
     source, header = files[f"{NAME}_model_data.cc"], files[f"{NAME}_model_data.h"]
     assert parse_c_byte_array(source, f"g_{NAME}_model_data") == aligned
     assert f"#define DIGITS_MODEL_DATA_LEN {len(aligned)}u" in header
-    assert f"#define DIGITS_TENSOR_ARENA_SIZE_HOST {ARENA}u" in header
-    assert "#define DIGITS_TENSOR_ARENA_SIZE DIGITS_TENSOR_ARENA_SIZE_HOST" in header
+    assert f"#define DIGITS_ARENA_HOST {ARENA}u" in header
+    assert "#define DIGITS_TENSOR_ARENA_SIZE DIGITS_ARENA_HOST" in header
     assert header.count("#ifndef DIGITS_MODEL_DATA_H_") == 1
 
 
@@ -112,6 +113,25 @@ def test_sources_hold_the_name_only_as_its_identifier(tflite, vectors):
     for text in files.values():
         assert name not in text and '"v2"' not in text and "#define X" not in text
         assert set(re.findall(r"model '([^']*)'", text)) == {"my_model_v2_define_X"}
+
+
+def test_generated_names_differ_within_63_characters(tflite, vectors):
+    """C99 tells identifiers apart by their first 63 characters: every name the sources
+    define for the longest model name allowed fits."""
+    name = "x" * MAX_IDENTIFIER_CHARS
+    codes, outputs = vectors
+    files = {**model_data_files(name, tflite, ARENA, ARENA - 100,
+                                board_arenas={k.key: ARENA for k in KERNEL_SETS}),
+             **golden_vector_files(name, [codes], [outputs]),
+             **check_program(name, 1, [outputs.dtype])}
+    files["resolver.h"] = op_resolver_header(tflite, name)
+    defined = set()
+    for text in files.values():
+        defined.update(re.findall(r"#define (\w+)", text))
+        defined.update(re.findall(r"\b(\w*x{40}\w*)\s*\(", text))  # functions
+    ours = [n for n in defined if "x" * MAX_IDENTIFIER_CHARS in n.lower()]
+    assert {"X" * 40 + "_ARENA_CMSIS_NN_MVE", "x" * 40 + "_dequantize_output0"} <= set(ours)
+    assert max(len(n) for n in ours) <= 63
 
 
 @pytest.mark.parametrize("name, message", [

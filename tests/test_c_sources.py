@@ -169,7 +169,7 @@ def test_c_sources_compile_pedantic_and_quantize_as_tflite(exported, tmp_path, s
                                             rel=1e-6)
     defines = _defines((out / "digits_model_data.h").read_text())
     largest = max(int(v.rstrip("u")) for k, v in defines.items()
-                  if k.startswith("DIGITS_TENSOR_ARENA_SIZE_"))
+                  if k.startswith("DIGITS_ARENA_"))
     assert lines[0] == f"arena {largest} len {defines['DIGITS_MODEL_DATA_LEN'].rstrip('u')}"
 
 
@@ -177,15 +177,15 @@ def test_the_arena_constant_follows_the_kernel_macros(exported, tmp_path):
     _need("gcc")
     out, _, x = exported
     sizes = {k: v.rstrip("u") for k, v in _defines((out / "digits_model_data.h").read_text())
-             .items() if k.startswith("DIGITS_TENSOR_ARENA_SIZE_")}
+             .items() if k.startswith("DIGITS_ARENA_")}
     values = x.reshape(-1)[:4]
     for defines, key in ((["-DCMSIS_NN"], "CMSIS_NN"),
                          (["-DTFQNET_REFERENCE_KERNELS"], "REFERENCE"),
                          (["-DDIGITS_TENSOR_ARENA_SIZE=777u"], None)):
         first = _host_program(out, tmp_path, "c11", values, defines).splitlines()[0]
-        want = "777" if key is None else sizes.get(f"DIGITS_TENSOR_ARENA_SIZE_{key}")
+        want = "777" if key is None else sizes.get(f"DIGITS_ARENA_{key}")
         if want is None:
-            pytest.fail(f"the header has no DIGITS_TENSOR_ARENA_SIZE_{key}: {sorted(sizes)}")
+            pytest.fail(f"the header has no DIGITS_ARENA_{key}: {sorted(sizes)}")
         assert first.startswith(f"arena {want} ")
 
 
@@ -204,7 +204,7 @@ def test_export_c_writes_and_prints_the_derived_arena_per_kernel_set(exported, t
             + ", ".join(f"{k} {v}" for k, v in want.items())) in out
     defines = _defines((tmp_path / "c" / "digits_model_data.h").read_text())
     for key, size in want.items():
-        assert defines[f"DIGITS_TENSOR_ARENA_SIZE_{key.upper()}"] == f"{size}u"
+        assert defines[f"DIGITS_ARENA_{key.upper()}"] == f"{size}u"
     assert sorted(p.name for p in (tmp_path / "c").iterdir()) == sorted(
         [*data_file_names("digits", "c"), "digits_op_resolver.h", "digits_check.cc"])
 

@@ -64,7 +64,7 @@ from tfqnet.export.flatbuffer import FlatbufferModel, Operator, Tensor, element_
 @dataclass(frozen=True)
 class KernelSet:
     key: str  # the name export-c and check use
-    macro: str  # NAME_TENSOR_ARENA_SIZE_<macro> in the header
+    macro: str  # NAME_ARENA_<macro> in the header
     label: str  # what the figure is for, as check and the header say it
     condition: str  # the C preprocessor condition that selects it
 

@@ -206,19 +206,19 @@ def _arena_lines(upper: str, measured: int | None, minimum: int | None,
     lines = ["", "// Tensor arena (bytes): TFLM needs one per kernel set and word size."]
     figures: list[tuple[str, int]] = []
     if measured is not None:
-        lines += [f"//   {upper}_TENSOR_ARENA_SIZE_HOST: reference kernels on a 64-bit host,",
+        lines += [f"//   {upper}_ARENA_HOST: reference kernels on a 64-bit host,",
                   "//     measured on the TFLM runtime"
                   + (f" (minimum {minimum} bytes)" if minimum is not None else "")
                   + ", plus tfqnet.micro.arena.ARENA_MARGIN."]
         figures.append(("HOST", measured))
     for kernels in KERNEL_SETS:
         if kernels.key in boards:
-            lines += [f"//   {upper}_TENSOR_ARENA_SIZE_{kernels.macro}: {kernels.label},",
+            lines += [f"//   {upper}_ARENA_{kernels.macro}: {kernels.label},",
                       "//     derived from what the kernels allocate (tfqnet.micro.arena_model),"
                       " plus the margin."]
             figures.append((kernels.macro, boards[kernels.key]))
     for macro, size in figures:
-        lines.append(f"#define {upper}_TENSOR_ARENA_SIZE_{macro} {size}u")
+        lines.append(f"#define {upper}_ARENA_{macro} {size}u")
     largest = max(figures, key=lambda item: item[1])[0]
     lines += [
         f"// {upper}_TENSOR_ARENA_SIZE: define it to use your own figure; else it is the",
@@ -226,7 +226,7 @@ def _arena_lines(upper: str, measured: int | None, minimum: int | None,
         "// build defines it; define it for this file too if your build does not pass TFLM's",
         "// flags), the MVE one if the compiler also targets MVE (__ARM_FEATURE_MVE), the",
         "// reference figure when TFQNET_REFERENCE_KERNELS is defined, and the largest",
-        f"// ({upper}_TENSOR_ARENA_SIZE_{largest}) otherwise.",
+        f"// ({upper}_ARENA_{largest}) otherwise.",
     ]
     absent = [k.label for k in KERNEL_SETS if k.key not in boards]
     if absent:  # a macro without its figure falls through to the largest
@@ -236,10 +236,10 @@ def _arena_lines(upper: str, measured: int | None, minimum: int | None,
     branches = [(k.condition, k.macro) for k in KERNEL_SETS if k.key in boards]
     for n, (condition, macro) in enumerate(branches):
         lines.append(f"#{'if' if n == 0 else 'elif'} {condition}")
-        lines.append(f"#define {upper}_TENSOR_ARENA_SIZE {upper}_TENSOR_ARENA_SIZE_{macro}")
+        lines.append(f"#define {upper}_TENSOR_ARENA_SIZE {upper}_ARENA_{macro}")
     if branches:
         lines.append("#else")
-    lines.append(f"#define {upper}_TENSOR_ARENA_SIZE {upper}_TENSOR_ARENA_SIZE_{largest}")
+    lines.append(f"#define {upper}_TENSOR_ARENA_SIZE {upper}_ARENA_{largest}")
     if branches:
         lines.append("#endif")
     lines.append("#endif")

@@ -13,7 +13,8 @@ import numpy as np
 
 #: Longest identifier :func:`c_identifier` returns. Why: C guarantees that only the
 #: first 63 characters of a name tell it apart (C99 5.2.4.1), and the generated names
-#: add up to 18 characters to it (``NAME_TENSOR_ARENA_SIZE``).
+#: add up to 20 characters to it (``NAME_ARENA_CMSIS_NN_MVE``,
+#: ``NAME_dequantize_output12``).
 MAX_IDENTIFIER_CHARS = 40
 
 #: C type of the codes a tensor of each dtype holds.
