@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -365,7 +366,7 @@ def _custom_layers(config: dict) -> list[tuple[str, str]]:
     return found
 
 
-def written_by_keras3(path: str | Path) -> bool:
+def written_by_keras3(path: str | os.PathLike) -> bool:
     """True if ``path`` is a ``.keras``/``.h5`` file Keras 3 wrote (False if it is not,
     or cannot be read)."""
     path = Path(path)
@@ -377,7 +378,7 @@ def written_by_keras3(path: str | Path) -> bool:
         return False
 
 
-def load(path: str | Path) -> keras.Model:
+def load(path: str | os.PathLike) -> keras.Model:
     """The tf-keras model saved in a ``.keras`` or ``.h5`` file, translated with
     :func:`to_tf_keras` if Keras 3 wrote it (not compiled)."""
     path = Path(path)
@@ -410,7 +411,7 @@ def load(path: str | Path) -> keras.Model:
     return to_tf_keras(model)
 
 
-def to_tf_keras(model: Any) -> keras.Model:
+def to_tf_keras(model: Any | str | os.PathLike) -> keras.Model:
     """The tf-keras (Keras 2) model equivalent to a Keras 3 ``model``, or to the model in a
     ``.keras``/``.h5`` file (a path; a file tf-keras wrote is just loaded).
 
@@ -428,8 +429,8 @@ def to_tf_keras(model: Any) -> keras.Model:
     layers, ``keras.ops`` calls in the graph, layers, options or activations tf-keras
     lacks, custom initializers/regularizers/constraints, Keras 3-quantized layers.
     """
-    if isinstance(model, str | Path):
-        return load(model)
+    if isinstance(model, str | os.PathLike):
+        return load(os.fspath(model))
     if isinstance(model, keras.Model):
         return model
     if not is_keras3_model(model) or not isinstance(model, _keras3().Model):
@@ -444,7 +445,7 @@ def as_tf_keras_model(model: Any, argument: str = "model", paths: bool = True) -
     TypeError."""
     if isinstance(model, keras.Model):
         return model
-    if (paths and isinstance(model, str | Path)) or is_keras3_model(model):
+    if (paths and isinstance(model, str | os.PathLike)) or is_keras3_model(model):
         return to_tf_keras(model)
     accepted = "a Keras model (tf_keras or Keras 3)" + (" or a .keras/.h5 path" if paths else "")
     raise TypeError(f"`{argument}` must be {accepted}, got {type(model).__name__}.")
