@@ -14,6 +14,10 @@ too; tfqnet's quantizers sum without it (:func:`tfqnet.core.quantizer.ordered_su
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
+
 import pytest
 
 import tfqnet  # noqa: F401  (first: makes tf.keras tf-keras)
@@ -24,6 +28,23 @@ from tfqnet.models import compile_classifier, digits_cnn
 FLOAT_EPOCHS = 8
 
 tf.config.experimental.enable_op_determinism()
+
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c") or None)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _return_freed_memory_after_each_module():
+    """Hands the memory a test module freed back to the system.
+
+    Every traced Keras function and converted model leaves TensorFlow's allocator with
+    freed blocks that glibc keeps mapped; over a few hundred tests the process grew to
+    9.8 GB that way. ``malloc_trim`` returns them (measured: 100 MB to 28 MB kept per
+    quantize-fit-convert cycle of the digits CNN).
+    """
+    yield
+    gc.collect()
+    if hasattr(_LIBC, "malloc_trim"):
+        _LIBC.malloc_trim(0)
 
 
 @pytest.fixture(scope="session")

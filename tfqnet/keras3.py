@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from tfqnet._keras import is_keras3_model, keras, tf
-from tfqnet.errors import Keras3ModelError
+from tfqnet.errors import Keras3ModelError, TfqnetError
 
 #: what to do with a model this module cannot translate
 _REBUILD = "rebuild that part of the model with tf_keras (`import tf_keras as keras`)"
@@ -205,8 +205,8 @@ def _map_tensors(value: Any, lookup: Callable[[list], Any], histories: bool = Fa
     return value
 
 
-class _Missing(Exception):
-    """A node's input is not computed yet."""
+class _Missing(TfqnetError):
+    """A node's input is not computed yet (caught inside :func:`_functional`)."""
 
 
 def _functional(model: Any) -> keras.Model:
