@@ -132,3 +132,19 @@ def test_resources_count_a_compressed_filter_as_stored(qat_and_tflite):
     assert report.format_table().rstrip().endswith(f"PASS ({report.skipped[0]})")
     assert report.verdict(strict=True).startswith("FAIL (strict: layer-by-layer skipped")
     assert report.to_dict()["skipped"] == report.skipped
+
+
+@pytest.mark.parametrize("value", [float("nan"), 1.5, -0.1])
+def test_check_model_refuses_a_min_agreement_that_is_no_fraction(qat_and_tflite, value):
+    _, tflite = qat_and_tflite
+    with pytest.raises(ValueError, match="min_agreement must be a fraction"):
+        check_model(tflite, min_agreement=value)
+
+
+def test_input_codes_round_half_away_from_zero_as_tflite_quantize():
+    from tfqnet.micro.runtime import TensorDetails
+
+    details = TensorDetails(np.int8, (1, 6), scale=0.5, zero_point=-3)
+    x = np.array([[0.25, -0.25, 0.75, -0.75, 100.0, -100.0]], np.float32)
+    # ties 0.5 / 1.5 round away from zero (np.round would give 0 and 2)
+    np.testing.assert_array_equal(details.quantize(x), [[-2, -4, -1, -5, 127, -128]])

@@ -323,6 +323,8 @@ def check_model(model: bytes, data=None, keras_model=None, samples: int = DEFAUL
     can crash on a corrupt model (aligner, TFLM, TFLite) run in child processes first,
     so a crash becomes a failure in the report, never a crash of this process.
     """
+    if not 0.0 <= min_agreement <= 1.0:  # NaN too: it would pass every comparison
+        raise ValueError(f"min_agreement must be a fraction from 0 to 1, got {min_agreement!r}")
     progress = progress or (lambda message: None)
     graph = parse_model(model)
     aligned = align_flatbuffer(model)  # in a child process: the aligner trusts its input

@@ -36,7 +36,9 @@ class TensorDetails:
         if not self.is_quantized:
             return np.asarray(x, dtype=self.dtype)
         info = np.iinfo(self.dtype)
-        codes = np.round(np.asarray(x, np.float64) / self.scale) + self.zero_point
+        # as TFLite's QUANTIZE: float32 division, std::round (half away from zero)
+        ratio = (np.asarray(x, np.float32) / np.float32(self.scale)).astype(np.float64)
+        codes = np.sign(ratio) * np.floor(np.abs(ratio) + 0.5) + self.zero_point
         return np.clip(codes, info.min, info.max).astype(self.dtype)
 
     def dequantize(self, q: np.ndarray) -> np.ndarray:
