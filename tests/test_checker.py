@@ -148,3 +148,11 @@ def test_input_codes_round_half_away_from_zero_as_tflite_quantize():
     x = np.array([[0.25, -0.25, 0.75, -0.75, 100.0, -100.0]], np.float32)
     # ties 0.5 / 1.5 round away from zero (np.round would give 0 and 2)
     np.testing.assert_array_equal(details.quantize(x), [[-2, -4, -1, -5, 127, -128]])
+
+
+def test_a_model_tflm_refuses_is_a_tfqnet_error_that_names_the_fix():
+    import tfqnet
+
+    with pytest.raises(tfqnet.MicroRuntimeError, match="tfqnet check") as caught:
+        tfqnet.run_tflm(unsupported_op_tflite(), np.zeros((1, 16), np.float32))
+    assert isinstance(caught.value, RuntimeError)  # what the runtime raised before

@@ -415,7 +415,7 @@ for path in sys.argv[1:]:
 def test_run_tflm_in_child_processes_never_dies_on_mutations(tflite, tmp_path):
     """Mutants through the public API, one child for all of them until one dies (then a
     new child goes on after it): no signal death, no hang, only clean exceptions:
-    InvalidModelFileError, or the runtime's RuntimeError / a ValueError for a model
+    InvalidModelFileError, or MicroRuntimeError / a ValueError for a model
     that loads but does not fit the input."""
     paths: list[str] = []
 
@@ -446,7 +446,7 @@ def test_run_tflm_in_child_processes_never_dies_on_mutations(tflite, tmp_path):
         pending = pending[pending.index(started) + 1:]
     assert deaths == []
     assert len(outcomes) == len(paths)
-    assert set(outcomes) <= {"ok", "InvalidModelFileError", "RuntimeError", "ValueError"}
+    assert set(outcomes) <= {"ok", "InvalidModelFileError", "MicroRuntimeError", "ValueError"}
     # Not vacuous: mutants were refused, and others reached the runtime.
     assert outcomes.count("InvalidModelFileError") >= 20
-    assert outcomes.count("ok") + outcomes.count("RuntimeError") >= 20
+    assert outcomes.count("ok") + outcomes.count("MicroRuntimeError") >= 20

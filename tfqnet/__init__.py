@@ -40,6 +40,7 @@ _EXPORTS = {
     "ConversionError": "tfqnet.errors",
     "InvalidModelFileError": "tfqnet.errors",
     "Keras3ModelError": "tfqnet.errors",
+    "MicroRuntimeError": "tfqnet.errors",
     "TfqnetError": "tfqnet.errors",
     "UnsupportedLayerError": "tfqnet.errors",
     "FlatbufferModel": "tfqnet.export.flatbuffer",
@@ -75,6 +76,7 @@ __all__ = [
     "InvalidModelFileError",
     "Keras3ModelError",
     "MicroInterpreter",
+    "MicroRuntimeError",
     "PixelEmbedding",
     "TfqnetError",
     "UnsupportedLayerError",
@@ -132,6 +134,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ provide
         ConversionError,
         InvalidModelFileError,
         Keras3ModelError,
+        MicroRuntimeError,
         TfqnetError,
         UnsupportedLayerError,
     )

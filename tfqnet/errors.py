@@ -27,5 +27,10 @@ class ArenaProbeError(TfqnetError, RuntimeError):
     """The model does not load in the TFLM runtime at any arena size."""
 
 
+class MicroRuntimeError(TfqnetError, RuntimeError):
+    """The TFLM runtime refused a model that passed tfqnet's file checks (it could not
+    allocate or invoke it)."""
+
+
 class UnsupportedOpError(TfqnetError, ValueError):
     """The model uses an op that TFLM has no kernel for."""

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from tflite_micro import runtime as _tflm
 
+from tfqnet.errors import MicroRuntimeError
 from tfqnet.micro.model_file import parse_model
 
 #: Arena used when none is given: generous, because too small an arena can crash the
@@ -76,7 +77,13 @@ class MicroInterpreter:
         self.model = bytes(model)
         graph = parse_model(self.model)  # before any native code sees the bytes
         arena = arena_size or max(DEFAULT_ARENA_BYTES, 10 * len(self.model))
-        self._interpreter = _tflm.Interpreter.from_bytes(self.model, arena_size=arena)
+        try:
+            self._interpreter = _tflm.Interpreter.from_bytes(self.model, arena_size=arena)
+        except RuntimeError as error:
+            raise MicroRuntimeError(
+                f"the TFLM runtime could not load the model ({error}): an op or type it "
+                "has no kernel for, or too small an arena; `tfqnet check MODEL.tflite` "
+                "says which") from error
         self.inputs = [_details(self._interpreter.get_input_details(i))
                        for i in range(len(graph.inputs))]
         self.outputs = [_details(self._interpreter.get_output_details(i))
@@ -94,7 +101,11 @@ class MicroInterpreter:
         """Runs one batch-1 sample (already the input dtype); returns raw outputs."""
         for index, value in enumerate(sample):
             self._interpreter.set_input(value, index)
-        self._interpreter.invoke()
+        try:
+            self._interpreter.invoke()
+        except RuntimeError as error:
+            raise MicroRuntimeError(f"the TFLM runtime failed to run the model ({error}); "
+                                    "`tfqnet check MODEL.tflite` says where") from error
         return [np.array(self._interpreter.get_output(i)) for i in range(len(self.outputs))]
 
     def predict(self, x, raw: bool = False):
