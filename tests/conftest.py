@@ -26,6 +26,10 @@ from tfqnet.datasets import load_digits
 from tfqnet.models import compile_classifier, digits_cnn
 
 FLOAT_EPOCHS = 8
+#: the slowest test files, run first so that the two xdist workers (setup.cfg) finish
+#: together instead of one waiting while the other runs a long file at the end
+SLOW_FILES_FIRST = ("test_resume.py", "test_distribute.py", "test_quantize.py",
+                    "test_srq.py", "test_method_contract.py", "test_policy.py")
 
 tf.config.experimental.enable_op_determinism()
 
@@ -59,3 +63,8 @@ def float_digits_model(digits):
     model = compile_classifier(digits_cnn(), 1e-3)
     model.fit(digits.x_train, digits.y_train, epochs=FLOAT_EPOCHS, batch_size=32, verbose=0)
     return model
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: index for index, name in enumerate(SLOW_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable
