@@ -140,7 +140,9 @@ def test_check_against_saved_keras_models(work, float_digits_model, digits, caps
     disagreeing_qat_model(float_digits_model, digits).save(bad, save_format="tf")
     base = ["check", str(work / "digits.tflite"), "--data", str(work / "x.npy"),
             "--samples", "24", "--quiet"]
+    capsys.readouterr()
     assert main([*base, "--keras", str(good)]) == 0
+    assert "[tfqnet]" not in capsys.readouterr().err  # --quiet: no progress lines
     assert main([*base, "--keras", str(bad)]) == 1
     assert "top-1 agreement" in capsys.readouterr().out
     assert main([*base, "--keras", str(work / "nope.keras")]) == 2

@@ -230,8 +230,8 @@ def _check(args) -> int:
 
     keras_model = None
     if args.keras:
-
-        _progress(f"loading the Keras QAT model {args.keras}")
+        if not args.quiet:
+            _progress(f"loading the Keras QAT model {args.keras}")
         try:
             keras_model = load_keras_model(args.keras)
         except Exception as error:  # any loader failure is a bad input, reported in one line
