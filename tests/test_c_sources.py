@@ -1,6 +1,7 @@
 """export-c's C sources as a C or C++ project uses them: --lang, the header's I/O
 constants and quantize helper, C99/C11 and Cortex-M compilation, and the check program
-(compiled with TFLM's warning flags against tests/c_stubs, a stand-in for TFLM's API).
+(compiled with TFLM's warning flags against tests/tflm_stand_in.py, a stand-in for
+TFLM's API).
 
 One export-c run (--lang both) per module; every test reads or compiles its files.
 """
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 
 from tests.micro_helpers import digits_qat_and_tflite
+from tests.tflm_stand_in import write_stand_in
 from tfqnet.cli import main
 from tfqnet.export.flatbuffer import FlatbufferModel
 from tfqnet.micro.arena import with_margin
@@ -23,7 +25,6 @@ from tfqnet.micro.arena_model import board_arenas
 from tfqnet.micro.c_arrays import align_flatbuffer, data_file_names
 from tfqnet.micro.c_names import float_literal
 
-STUBS = Path(__file__).resolve().parent / "c_stubs"
 WARNINGS = ["-Wall", "-Wextra", "-pedantic", "-Werror", "-Wconversion", "-Wsign-conversion",
             "-Wdouble-promotion", "-Wshadow"]
 #: What the check program must compile cleanly with: TFLM's own warnings (its Makefile's
@@ -232,7 +233,8 @@ def _build_check(out: Path, tmp: Path, *defines: str) -> Path:
         obj = tmp / (source + ".o")
         _run(["gcc", "-std=c11", *WARNINGS, "-c", str(out / source), "-o", str(obj)])
         objects.append(str(obj))
-    flags = ["g++", "-std=c++11", *TFLM_CXX_WARNINGS, "-I", str(STUBS), "-I", str(out),
+    stand_in = write_stand_in(tmp / "tflm_stand_in")
+    flags = ["g++", "-std=c++11", *TFLM_CXX_WARNINGS, "-I", str(stand_in), "-I", str(out),
              "-include", str(out / "digits_test_data.h"),
              "-DSTUB_INPUT=g_digits_input0", "-DSTUB_OUTPUT=g_digits_output0", *defines]
     _run([*flags, "-c", str(out / "digits_check.cc"), "-o", str(binary) + ".o"])
