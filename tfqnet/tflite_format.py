@@ -17,6 +17,11 @@ WEIGHTED_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TR
 ELEMENT_BITS = {"INT2": 2, "INT4": 4, "UINT4": 4, "INT8": 8, "UINT8": 8, "INT16": 16,
                 "FLOAT16": 16, "INT32": 32, "FLOAT32": 32, "INT64": 64}
 
+#: numpy dtype of the tensor types stored one element per item (INT4 is packed)
+NUMPY_DTYPES = {"INT8": np.dtype(np.int8), "UINT8": np.dtype(np.uint8),
+                "INT16": np.dtype(np.int16), "INT32": np.dtype(np.int32),
+                "INT64": np.dtype(np.int64), "FLOAT32": np.dtype(np.float32)}
+
 #: the widest weight stored in a packed INT4 tensor (codes -7..7); wider ones are int8
 INT4_MAX_BITS = 4
 

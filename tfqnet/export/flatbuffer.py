@@ -169,9 +169,7 @@ class FlatbufferModel:
         if tensor.type == "INT4":
             values = tflite_format.unpack_int4(data, count)
         else:
-            dtype = {"INT8": np.int8, "UINT8": np.uint8, "INT16": np.int16,
-                     "INT32": np.int32, "INT64": np.int64, "FLOAT32": np.float32}[tensor.type]
-            values = np.frombuffer(data, dtype)[:count]
+            values = np.frombuffer(data, tflite_format.NUMPY_DTYPES[tensor.type])[:count]
         return values.reshape(tensor.shape)
 
     def weight_bytes(self) -> int:

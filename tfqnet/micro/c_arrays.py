@@ -52,19 +52,22 @@ _ALIGN_MACRO = """\
 LANG_EXTENSIONS = {"c": (".c",), "c++": (".cc",), "both": (".c", ".cc")}
 
 
+def _extensions(lang: str) -> tuple[str, ...]:
+    if lang not in LANG_EXTENSIONS:
+        raise ValueError(f"lang must be one of {', '.join(LANG_EXTENSIONS)}, not {lang!r}")
+    return LANG_EXTENSIONS[lang]
+
+
 def data_file_names(ident: str, lang: str = "c++") -> list[str]:
     """The model and test data files :func:`model_data_files` and
     :func:`golden_vector_files` write for ``lang``, headers first."""
-    if lang not in LANG_EXTENSIONS:
-        raise ValueError(f"lang must be one of {', '.join(LANG_EXTENSIONS)}, not {lang!r}")
     return [f"{ident}_model_data.h", f"{ident}_test_data.h",
             *(f"{ident}_{part}{ext}" for part in ("model_data", "test_data")
-              for ext in LANG_EXTENSIONS[lang])]
+              for ext in _extensions(lang))]
 
 
 def _sources(ident: str, part: str, lang: str, text: str) -> dict[str, str]:
-    data_file_names(ident, lang)  # checks lang
-    extensions = LANG_EXTENSIONS[lang]
+    extensions = _extensions(lang)
     note = ("" if len(extensions) == 1 else
             f"// {ident}_{part}.c and .cc are the same source: compile one of them.\n")
     return {f"{ident}_{part}{ext}": note + text for ext in extensions}

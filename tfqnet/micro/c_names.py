@@ -13,9 +13,11 @@ import numpy as np
 
 #: Longest identifier :func:`c_identifier` returns. Why: C guarantees that only the
 #: first 63 characters of a name tell it apart (C99 5.2.4.1), and the generated names
-#: add up to 20 characters to it (``NAME_ARENA_CMSIS_NN_MVE``,
-#: ``NAME_dequantize_output12``).
+#: add up to :data:`GENERATED_SUFFIX_CHARS` characters to it.
 MAX_IDENTIFIER_CHARS = 40
+#: The most characters a generated name adds to the model's identifier
+#: (``_dequantize_output12``; ``_ARENA_CMSIS_NN_MVE`` is 19).
+GENERATED_SUFFIX_CHARS = 20
 
 #: C type of the codes a tensor of each dtype holds.
 C_TYPES = {
@@ -25,16 +27,6 @@ C_TYPES = {
     np.dtype(np.int32): "int32_t",
     np.dtype(np.float32): "float",
 }
-
-#: Flatbuffer tensor type -> numpy dtype, for the types a model's inputs and outputs have.
-TENSOR_DTYPES = {
-    "INT8": np.dtype(np.int8),
-    "UINT8": np.dtype(np.uint8),
-    "INT16": np.dtype(np.int16),
-    "INT32": np.dtype(np.int32),
-    "FLOAT32": np.dtype(np.float32),
-}
-
 
 def c_identifier(name: str) -> str:
     """The C identifier for a user-given model name, the only form of the name that the
@@ -60,7 +52,7 @@ def c_identifier(name: str) -> str:
         raise ValueError(f"the model name {shown} makes a C identifier of {len(ident)} "
                          f"characters; give --name at most {MAX_IDENTIFIER_CHARS} (C tells "
                          "names apart by their first 63 characters, and the generated "
-                         "names add up to 18)")
+                         f"names add up to {GENERATED_SUFFIX_CHARS})")
     return ident
 
 

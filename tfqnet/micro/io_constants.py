@@ -17,7 +17,8 @@ from __future__ import annotations
 import numpy as np
 
 from tfqnet.export.flatbuffer import FlatbufferModel, Tensor, element_count
-from tfqnet.micro.c_names import C_TYPES, TENSOR_DTYPES, float_literal
+from tfqnet.micro.c_names import C_TYPES, float_literal
+from tfqnet.tflite_format import NUMPY_DTYPES
 
 #: Integer dtypes the quantize helper is written for; int32's range does not fit a
 #: float32 exactly, so a quantized int32 input gets the constants but no helper.
@@ -51,8 +52,8 @@ def io_constant_lines(graph: FlatbufferModel, ident: str) -> list[str]:
 
 def _tensor_lines(tensor: Tensor, ident: str, kind: str, k: int) -> list[str]:
     prefix = f"{ident.upper()}_{kind.upper()}{k}"
-    dtype = TENSOR_DTYPES.get(tensor.type)
-    ctype = C_TYPES.get(dtype) if dtype is not None else None
+    ctype = C_TYPES.get(NUMPY_DTYPES.get(tensor.type))
+    dtype = NUMPY_DTYPES[tensor.type] if ctype is not None else None  # None: no C type
     shape = [max(int(d), 1) for d in tensor.shape]
     count = element_count(tuple(shape))
     quant = tensor_quantization(tensor) if dtype is not None and dtype.kind in "iu" else None
