@@ -40,10 +40,10 @@ _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or None)
 def _return_freed_memory_after_each_module():
     """Hands the memory a test module freed back to the system.
 
-    Every traced Keras function and converted model leaves TensorFlow's allocator with
-    freed blocks that glibc keeps mapped; over a few hundred tests the process grew to
-    9.8 GB that way. ``malloc_trim`` returns them (measured: 100 MB to 28 MB kept per
-    quantize-fit-convert cycle of the digits CNN).
+    A quantize-fit-convert cycle of the digits CNN leaves about 100 MB mapped: freed
+    blocks glibc keeps, and about 25 MB of traced graphs TensorFlow itself never frees.
+    ``malloc_trim`` returns the first part (measured: 28 MB kept per cycle instead of
+    100 MB); the second still grows each worker by every model it trains.
     """
     yield
     gc.collect()
