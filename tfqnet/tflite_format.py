@@ -16,6 +16,11 @@ WEIGHTED_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TR
 #: bits per element of each tensor type that holds integer codes or numbers
 ELEMENT_BITS = {"INT2": 2, "INT4": 4, "UINT4": 4, "INT8": 8, "UINT8": 8, "INT16": 16,
                 "FLOAT16": 16, "INT32": 32, "FLOAT32": 32, "INT64": 64}
+#: bits per element of every type whose data has a fixed size (strings and resources
+#: have none): what a constant's buffer must hold, what an arena tensor takes
+FIXED_ELEMENT_BITS = {**ELEMENT_BITS, "BOOL": 8, "UINT16": 16, "UINT32": 32, "UINT64": 64,
+                      "FLOAT64": 64, "BFLOAT16": 16, "COMPLEX64": 64, "COMPLEX128": 128,
+                      "FLOAT8_E4M3FN": 8, "FLOAT8_E5M2": 8}
 
 #: numpy dtype of the tensor types stored one element per item (INT4 is packed)
 NUMPY_DTYPES = {"INT8": np.dtype(np.int8), "UINT8": np.dtype(np.uint8),

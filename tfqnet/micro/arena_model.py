@@ -59,6 +59,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tfqnet.export.flatbuffer import FlatbufferModel, Operator, Tensor, element_count
+from tfqnet.tflite_format import FIXED_ELEMENT_BITS
 
 
 @dataclass(frozen=True)
@@ -128,9 +129,6 @@ ABIS = {
 _MAX_SCRATCH_PER_OP = 12  # kMaxScratchBuffersPerOp
 _ALIGN = 16  # MicroArenaBufferAlignment()
 _PLANNER_BYTES_PER_BUFFER = 40  # GreedyMemoryPlanner::per_buffer_size()
-
-_ITEM_BYTES = {"FLOAT32": 4, "INT32": 4, "UINT32": 4, "INT16": 2, "UINT16": 2, "INT8": 1,
-               "UINT8": 1, "BOOL": 1, "INT64": 8, "FLOAT16": 2}
 
 #: Bytes each op's builtin-options parser allocates (4-byte aligned; the structs hold no
 #: pointers, so both word sizes agree): sizeof(TfLiteConvParams) etc. FULLY_CONNECTED's
@@ -311,7 +309,8 @@ def unmodelled_ops(graph: FlatbufferModel, kernels: str = "reference",
 
 
 def _tensor_bytes(tensor: Tensor) -> int:
-    return element_count(tensor.shape) * _ITEM_BYTES.get(tensor.type, 1)
+    # sub-byte and unknown types count a byte an element
+    return element_count(tensor.shape) * max(FIXED_ELEMENT_BITS.get(tensor.type, 8) // 8, 1)
 
 
 def _quantized(tensor: Tensor) -> bool:

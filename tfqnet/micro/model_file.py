@@ -34,7 +34,7 @@ from pathlib import Path
 
 from tfqnet.errors import InvalidModelFileError
 from tfqnet.export.flatbuffer import BUILTIN_OPS, TENSOR_TYPES, FlatbufferModel
-from tfqnet.tflite_format import DECODE_OP, ELEMENT_BITS, packed_bytes
+from tfqnet.tflite_format import DECODE_OP, FIXED_ELEMENT_BITS, packed_bytes
 
 #: Largest model file the micro tools accept. Why 64 MiB: it is several times the
 #: flash of the largest Cortex-M parts (a few MiB internal, 8-32 MiB external QSPI);
@@ -43,10 +43,6 @@ MAX_MODEL_BYTES = 64 * 1024 * 1024
 #: Most elements a tensor may have: TFLite Micro counts them in an ``int``
 #: (``ElementCount``), and a larger count wraps around into a too small allocation.
 MAX_TENSOR_ELEMENTS = 2**31 - 1
-#: bits per element of the types whose constant data has a fixed size
-_ELEMENT_BITS = {**ELEMENT_BITS, "BOOL": 8, "UINT16": 16, "UINT32": 32, "UINT64": 64,
-                 "FLOAT64": 64, "BFLOAT16": 16, "COMPLEX64": 64, "COMPLEX128": 128,
-                 "FLOAT8_E4M3FN": 8, "FLOAT8_E5M2": 8}
 _HEADER_BYTES = 8
 _FILE_IDENTIFIER = b"TFL3"
 #: leading bytes of formats users pass instead of a .tflite, and what to do about it
@@ -356,7 +352,7 @@ def _check_constant_size(where: str, index: int, shape: tuple[int, ...], type_co
                          stored: int) -> None:
     """Kernels read a constant tensor's whole shape from its buffer, unchecked."""
     type_name = TENSOR_TYPES.get(type_code, str(type_code))
-    bits = _ELEMENT_BITS.get(type_name)
+    bits = FIXED_ELEMENT_BITS.get(type_name)
     if bits is None:  # strings, resources: no fixed size per element
         return
     needed = packed_bytes(math.prod(shape), bits)
