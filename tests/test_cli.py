@@ -356,3 +356,57 @@ def test_sizes_are_checked_before_allocating(work, capsys, tmp_path):
     assert "--samples 100000000: 100000000 samples of this model's input take" in (
         _one_error_line(capsys))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["huge.npy"]
+
+
+def _children(pid: int) -> list[int]:
+    """Process ids whose parent is ``pid`` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+        except (OSError, ValueError):
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("prefix", ["tfqnet-align-", "tfqnet-arena-"])
+def test_sigterm_stops_the_child_and_removes_temporary_files(work, tmp_path, prefix):
+    """SIGTERM while a child process works on a copy of the model in a temporary
+    directory: exit 143 with one line, the child stopped, TMPDIR as it was."""
+    import os
+    import signal
+    import time
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = dict(os.environ, TMPDIR=str(tmp), PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "tfqnet.cli", "export-c",
+                             str(work / "digits.tflite"), "--out", str(tmp_path / "c"),
+                             "--name", "d"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, cwd=tmp_path)
+    children: list[int] = []
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        children = _children(proc.pid)
+        if children and any(p.name.startswith(prefix) for p in tmp.iterdir()):
+            break
+        time.sleep(0.02)
+    assert children and proc.poll() is None, "the command never reached the child step"
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert [ln for ln in err.splitlines() if ln.startswith("tfqnet:")] == [
+        "tfqnet: error: terminated"]
+    assert "Traceback" not in err + out
+    assert sorted(tmp.iterdir()) == []  # no directory with a copy of the model left
+    assert [pid for pid in children if _running(pid)] == []
+    assert not (tmp_path / "c").exists() or not any((tmp_path / "c").iterdir())

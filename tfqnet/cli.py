@@ -6,9 +6,12 @@ the model file has been read and validated, so a wrong path or a corrupt file is
 answered with one line on stderr and exit code 2 within a second.
 
 Exit codes: 0 ok, 1 a check failed (or the model cannot run on TFLM), 2 bad input
-(unreadable/corrupt file, refusing to overwrite, bad arguments), 70 a bug in tfqnet
-(one line; ``TFQNET_TRACEBACK=1`` shows the traceback). Outputs are written
-atomically (tfqnet._files) and never over existing files without ``--force``.
+(unreadable/corrupt file, refusing to overwrite, bad arguments), 130 interrupted
+(SIGINT, Ctrl-C), 143 terminated (SIGTERM), 70 a bug in tfqnet (one line;
+``TFQNET_TRACEBACK=1`` shows the traceback). Outputs are written atomically
+(tfqnet._files) and never over existing files without ``--force``. Interrupted or
+terminated, the command stops its child processes and removes its temporary
+directories before it exits.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -44,6 +49,7 @@ from tfqnet.micro.runtime import MicroInterpreter, random_input_codes
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_INTERNAL = 70  # sysexits EX_SOFTWARE: a bug in tfqnet
+EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # 128 + SIGINT, 128 + SIGTERM, as shells say
 DEFAULT_VECTORS = 4
 #: Most bytes of golden vectors (inputs and outputs) export-c writes: they are compiled
 #: into the board's flash, which this exceeds on most Cortex-M parts.
@@ -347,27 +353,55 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Terminate:
+    """SIGTERM handled as Python handles SIGINT: raised as KeyboardInterrupt in the main
+    thread, so every ``with`` block unwinds (temporary directories removed) and
+    ``subprocess.run`` kills and reaps the child it waits for. SIGTERM's default action
+    ends the process on the spot and leaves both behind."""
+
+    def __init__(self):
+        self.received = False
+        self._previous = None
+
+    def _handler(self, signum, frame):
+        self.received = True
+        raise KeyboardInterrupt
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # signal.signal's rule
+            self._previous = signal.signal(signal.SIGTERM, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``tfqnet`` console script; returns the exit code."""
+    """Entry point of the ``tfqnet`` console script; returns the exit code.
+
+    SIGINT and SIGTERM stop the command cleanly: child processes stopped, temporary
+    files removed, exit code 130 (SIGINT) or 143 (SIGTERM)."""
     # TensorFlow (loaded only for --keras) logs its start-up to stderr, the channel of
     # tfqnet's progress and one-line errors; keep only its errors.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = _parser().parse_args(argv)
-    try:
-        return args.run(args)
-    except _UsageError as error:
-        _error(str(error))
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        _error("interrupted")
-        return 130
-    except Exception as error:  # a bug: still one line, the traceback on request
-        if os.environ.get("TFQNET_TRACEBACK"):
-            raise
-        detail = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
-        _error(f"internal error: {type(error).__name__}: {detail} (set TFQNET_TRACEBACK=1 "
-               "to see where, and please report it)")
-        return EXIT_INTERNAL
+    with _Terminate() as terminate:
+        try:
+            return args.run(args)
+        except _UsageError as error:
+            _error(str(error))
+            return EXIT_USAGE
+        except KeyboardInterrupt:
+            _error("terminated" if terminate.received else "interrupted")
+            return EXIT_TERMINATED if terminate.received else EXIT_INTERRUPTED
+        except Exception as error:  # a bug: still one line, the traceback on request
+            if os.environ.get("TFQNET_TRACEBACK"):
+                raise
+            detail = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
+            _error(f"internal error: {type(error).__name__}: {detail} (set "
+                   "TFQNET_TRACEBACK=1 to see where, and please report it)")
+            return EXIT_INTERNAL
 
 
 if __name__ == "__main__":
