@@ -28,11 +28,10 @@ The structure sizes per word size are in :data:`ABIS` (64-bit: the PyPI runtime,
 with TFLM's recording allocator and USE_TFLM_COMPRESSION; 32-bit: a Cortex-M build of
 TFLM with the plain allocator, no compression); three values in it are fitted to
 measurements, not read from sources (ABIS says which and why). The kernels' allocations
-are in :func:`_reference_plan` and :func:`_cmsis_plan`: CONV_2D, FULLY_CONNECTED,
-MAX_POOL_2D, RESHAPE and int8 MEAN for both; DEPTHWISE_CONV_2D, AVERAGE_POOL_2D and ADD
-for the reference kernels only (CMSIS-NN replaces them with kernels of its own whose
-allocations are not modelled). A model with any other op gets no figure (None;
-:func:`unmodelled_ops` names the ops), never a guess.
+per op and kernel set are in :mod:`tfqnet.micro.kernel_plans` (which ops, for which
+kernel set) and CMSIS-NN's scratch buffers in :mod:`tfqnet.micro.cmsis_nn_buffers`. A
+model with any other op gets no figure (None; :func:`unmodelled_ops` names the ops),
+never a guess.
 
 Differences from the measured figures, and why (tests/test_arena_model.py):
 
@@ -42,24 +41,33 @@ Differences from the measured figures, and why (tests/test_arena_model.py):
   all six figures. The smallest arena that ran was 12 bytes more every time (``used``
   is 4 mod 16), so ``minimum`` is at least ``used`` rounded up to 16.
 * 64-bit host: the derived minimum equals the TFLM runtime's measured one for the
-  digits models and for small conv, depthwise, pooling, residual-add and mean models
-  (the MEAN scratch buffers and temporaries are read off such probes), and is
-  16 bytes above it for some models with per-channel FULLY_CONNECTED filters (the
-  converter's default for Dense, not TFMOT's): their Prepare peak is 16 bytes lower
-  than the temporaries modelled here add up to. Above, never below, and within the 5%
-  margin.
+  digits models and for small conv, depthwise (int8 and INT4), pooling, residual-add,
+  mean, softmax, quantize/dequantize, cast, minimum, gather and int8 concatenation
+  models and two-input/two-output graphs (tests/test_arena_model.py), and is a little
+  off on a few: 8 or 16 bytes above for per-channel FULLY_CONNECTED filters (the
+  converter's default for Dense, not TFMOT's) and int32 ADD, 24 above for float
+  CONCATENATION, 8 below to 8 above for the raw-pixel GATHER graph: their Prepare peaks
+  differ from the temporaries modelled by less than an alignment step. Always within
+  the 5% margin.
+* CMSIS-NN figures beyond the digits example (depthwise, average pool, softmax) are
+  derived from CMSIS-NN's buffer-size functions and TFLM's cmsis_nn Prepare functions,
+  not measured on a board.
 * Not modelled: the Arm Compiler 6 buffer of CMSIS-NN's 1x1 convolution (GCC builds
-  need none), dilated convolutions' buffers, CMSIS-NN's depthwise and average-pool
-  buffers, offline-planned models, variable tensors and models with several subgraphs.
+  need none), dilated CMSIS-NN convolutions' buffers, Cortex-M cores without the DSP
+  extension (M0+/M3: CMSIS-NN requests fewer buffers), TFLM_DECODE, offline-planned
+  models, variable tensors and models with several subgraphs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from tfqnet.export.flatbuffer import FlatbufferModel, Operator, Tensor, element_count
+from tfqnet.micro.kernel_plans import ABIS, BUILTIN_BYTES, PLANNERS, Abi, OpPlan, channels
 from tfqnet.tflite_format import FIXED_ELEMENT_BITS
+
+__all__ = ["ABIS", "KERNEL_SETS", "ArenaEstimate", "KernelSet", "board_arenas",
+           "derive_arena", "unmodelled_ops"]
 
 
 @dataclass(frozen=True)
@@ -81,63 +89,9 @@ KERNEL_SETS = (
               "defined(TFQNET_REFERENCE_KERNELS)"),
 )
 
-
-@dataclass(frozen=True)
-class Abi:
-    """Sizes (bytes) of the TFLM structures the arena holds, for one build of TFLM."""
-
-    pointer: int
-    allocator_objects: tuple[int, ...]  # SingleArenaBufferAllocator, GreedyMemoryPlanner,
-    #                                     MicroAllocator (or their recording variants)
-    eval_tensor: int  # TfLiteEvalTensor
-    node_and_registration: int
-    tflite_tensor: int  # TfLiteTensor (TF_LITE_STATIC_MEMORY)
-    affine_quantization: int  # TfLiteAffineQuantization
-    scratch_request: int  # internal::ScratchBufferRequest
-    allocation_info: int  # AllocationInfo (planning only)
-    calibration: int = 0  # fitted per-interpreter bytes; see ABIS
-    op_data: dict[str, int] = field(default_factory=dict)  # the kernels' OpData structs
-
-
-#: OpData sizes: OpDataConv and OpDataFullyConnected as in TFLM's conv.h and
-#: fully_connected.h (the host build has USE_TFLM_COMPRESSION: two more ints each),
-#: OpDataPooling (pooling.h), CMSIS-NN's OpData = the reference one plus a buffer index
-#: (conv, pooling), and for FULLY_CONNECTED two pointers, the index, kernel_sums and
-#: three ints (cmsis_nn/fully_connected.cc).
-_OP_DATA_64 = {"conv": 80, "fully_connected": 72, "pooling": 32, "add": 60, "reduce": 44}
-_OP_DATA_32 = {"conv": 56, "fully_connected": 48, "pooling": 32, "add": 60, "reduce": 44,
-               "cmsis_conv": 60,
-               "cmsis_fully_connected": 76, "cmsis_pooling": 36}
-
-#: The builds the derivation knows. ``host64``: the PyPI TFLM runtime (recording
-#: allocator; compression compiled in). ``cortex_m32``: TFLM 90b983c2 for Cortex-M with
-#: MicroInterpreter's own allocator, as measured in tflm-facts.md.
-#:
-#: Two values are fitted to measurements rather than read from TFLM's sources (the
-#: sources are main-branch versions that need not be the measured builds'):
-#: ``calibration`` -- the host tail is 32 bytes more than its structures add up to,
-#: on every model probed (1 to 6 ops of five kinds); the Cortex-M tail 88 bytes less
-#: (any value from 84 to 92 reproduces all six measured figures); and the Cortex-M
-#: TfLiteTensor is taken as 48 bytes, not the 40 its fields add up to: every measured
-#: Cortex-M figure ends at 4 mod 16, which the inputs' and outputs' TfLiteTensors,
-#: allocated last, decide, and 48 is the size that gives it.
-ABIS = {
-    "host64": Abi(8, (104, 72, 248), 24, 64, 64, 24, 16, 32, 32, _OP_DATA_64),
-    "cortex_m32": Abi(4, (36, 44, 36), 12, 32, 48, 12, 12, 24, -88, _OP_DATA_32),
-}
-
 _MAX_SCRATCH_PER_OP = 12  # kMaxScratchBuffersPerOp
 _ALIGN = 16  # MicroArenaBufferAlignment()
 _PLANNER_BYTES_PER_BUFFER = 40  # GreedyMemoryPlanner::per_buffer_size()
-
-#: Bytes each op's builtin-options parser allocates (4-byte aligned; the structs hold no
-#: pointers, so both word sizes agree): sizeof(TfLiteConvParams) etc. FULLY_CONNECTED's
-#: 32 is measured on the host runtime (its TfLiteFullyConnectedParams fields add up to
-#: 16; the probes' tails need 16 more per FULLY_CONNECTED op).
-_BUILTIN_BYTES = {
-    "CONV_2D": 28, "DEPTHWISE_CONV_2D": 28, "FULLY_CONNECTED": 32, "MAX_POOL_2D": 40,
-    "AVERAGE_POOL_2D": 40, "RESHAPE": 36, "ADD": 8, "MEAN": 1,
-}
 
 
 def _down(value: int, alignment: int) -> int:
@@ -146,18 +100,6 @@ def _down(value: int, alignment: int) -> int:
 
 def _up(value: int, alignment: int) -> int:
     return -(-value // alignment) * alignment
-
-
-@dataclass
-class OpPlan:
-    """What one kernel allocates: OpData in Init, persistent buffers and scratch requests
-    in Prepare, and the temporary tensors alive at Prepare's peak (in allocation order;
-    -1 for an absent optional input, which allocates nothing)."""
-
-    init: list[int] = field(default_factory=list)
-    prepare: list[int] = field(default_factory=list)
-    scratch: list[int] = field(default_factory=list)
-    temps: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -179,113 +121,6 @@ class ArenaEstimate:
         return self.head + self.tail
 
 
-def _channels(tensor: Tensor) -> int:
-    return len(tensor.scales)
-
-
-def _optional(inputs: tuple[int, ...], k: int) -> int:
-    return inputs[k] if len(inputs) > k else -1
-
-
-def _reference_plan(graph: FlatbufferModel, op: Operator, abi: Abi, mve: bool) -> OpPlan | None:
-    """TFLM's reference kernels (conv_common.cc, depthwise_conv_common.cc,
-    fully_connected.cc, pooling_common.cc, reshape.cc)."""
-    t, ins, out = graph.tensors, op.inputs, op.outputs[0]
-    if op.name in ("CONV_2D", "DEPTHWISE_CONV_2D"):
-        filt = t[ins[1]]
-        channels = filt.shape[0] if op.name == "CONV_2D" else filt.shape[-1]
-        # an INT4 filter is unpacked into scratch, one byte per weight
-        scratch = [element_count(filt.shape)] if filt.type == "INT4" else []
-        # Prepare holds output, input, filter; CalculateOpData adds four more temps
-        return OpPlan([abi.op_data["conv"]], [4 * channels, 4 * channels], scratch,
-                      [out, ins[0], ins[1], ins[0], ins[1], _optional(ins, 2), out])
-    if op.name == "FULLY_CONNECTED":
-        filt = t[ins[1]]
-        units = filt.shape[0]
-        arrays = [4 * units, 4 * units] if _channels(filt) > 1 else []
-        scratch = [element_count(filt.shape)] if filt.type == "INT4" else []
-        return OpPlan([abi.op_data["fully_connected"]], arrays, scratch,
-                      [ins[0], ins[1], _optional(ins, 2), out])
-    if op.name in ("MAX_POOL_2D", "AVERAGE_POOL_2D"):
-        return OpPlan([abi.op_data["pooling"]], [], [], [ins[0], out])
-    if op.name == "RESHAPE":
-        return OpPlan([], [], [], [ins[0], out])
-    if op.name == "ADD":  # OpDataAdd: no pointers, 60 bytes on both word sizes
-        return OpPlan([abi.op_data["add"]], [], [], [ins[0], ins[1], out])
-    if op.name == "MEAN" and t[ins[0]].type in ("INT8", "INT16"):
-        # OpDataReduce (no pointers); scratch: the int32 sums, the resolved axes and the
-        # input's index; Prepare's helper takes input, axis and output again
-        axes = element_count(t[ins[1]].shape)
-        return OpPlan([abi.op_data["reduce"]], [],
-                      [4 * element_count(t[out].shape), 4 * axes, 4 * len(t[ins[0]].shape)],
-                      [ins[0], ins[1], out, ins[0], ins[1], out])
-    return None
-
-
-def _conv_geometry(graph: FlatbufferModel, op: Operator) -> dict[str, int]:
-    """The dimensions and padding CMSIS-NN's buffer-size functions read (NHWC shapes;
-    stride and SAME padding recovered from the shapes, dilation taken as 1)."""
-    t = graph.tensors
-    _, in_h, in_w, in_c = t[op.inputs[0]].shape
-    _, f_h, f_w, _ = t[op.inputs[1]].shape
-    _, out_h, out_w, _ = t[op.outputs[0]].shape
-    stride_h = max(1, -(-in_h // max(out_h, 1)))
-    stride_w = max(1, -(-in_w // max(out_w, 1)))
-    return {"in_h": in_h, "in_c": in_c, "f_h": f_h, "f_w": f_w, "stride_h": stride_h,
-            "pad_h": max(0, ((out_h - 1) * stride_h + f_h - in_h) // 2),
-            "pad_w": max(0, ((out_w - 1) * stride_w + f_w - in_w) // 2)}
-
-
-def _cmsis_conv_buffer(g: dict[str, int], int4: bool, mve: bool) -> int:
-    """arm_convolve_wrapper_s8_get_buffer_size / _s4_ (CMSIS-NN's
-    arm_convolve_get_buffer_sizes_s8.c and _s4.c), for GCC (no Arm Compiler 6 1x1
-    buffer)."""
-    is_1x1 = g["pad_w"] == 0 and g["pad_h"] == 0 and g["f_w"] == 1 and g["f_h"] == 1
-    rhs_cols = g["f_w"] * g["f_h"] * g["in_c"]
-    if is_1x1:
-        return 0
-    if int4:
-        return 2 * rhs_cols * 2
-    if mve:
-        if g["in_h"] == 1 and g["f_h"] == 1 and g["stride_h"] == 1:  # 1 x n
-            return (g["f_w"] + g["pad_w"]) * g["in_c"]
-        return 4 * (-(-rhs_cols // 16)) * 16  # four im2col columns of 16-lane registers
-    return 2 * _up(rhs_cols, 4) * 2  # two im2col columns of int16
-
-
-def _cmsis_plan(graph: FlatbufferModel, op: Operator, abi: Abi, mve: bool) -> OpPlan | None:
-    """TFLM's CMSIS-NN kernels (kernels/cmsis_nn/conv.cc, fully_connected.cc,
-    pooling.cc; RESHAPE is the reference kernel). INT4 filters run natively."""
-    t, ins, out = graph.tensors, op.inputs, op.outputs[0]
-    if op.name == "CONV_2D":
-        filt = t[ins[1]]
-        buffer = _cmsis_conv_buffer(_conv_geometry(graph, op), filt.type == "INT4", mve)
-        return OpPlan([abi.op_data["cmsis_conv"]], [4 * filt.shape[0], 4 * filt.shape[0]],
-                      [buffer] if buffer else [],
-                      [ins[0], ins[1], out, ins[0], ins[1], _optional(ins, 2), out])
-    if op.name == "FULLY_CONNECTED":
-        filt = t[ins[1]]
-        if len(t[out].shape) > 2:
-            return None  # the batched path runs as a 1x1 convolution: not modelled
-        units = filt.shape[0]
-        arrays = [4 * units, 4 * units] if _channels(filt) > 1 else []
-        if mve and filt.type == "INT8" and filt.is_constant:
-            arrays.append(4 * units)  # kernel sums, computed once in Prepare
-        return OpPlan([abi.op_data["cmsis_fully_connected"]], arrays, [],
-                      [ins[0], ins[1], _optional(ins, 2), out])
-    if op.name == "MAX_POOL_2D":
-        return OpPlan([abi.op_data["cmsis_pooling"]], [], [], [ins[0], out])
-    if op.name in ("RESHAPE", "MEAN"):  # no CMSIS-NN kernel: the reference one runs
-        return _reference_plan(graph, op, abi, mve)
-    return None
-
-
-#: kernel set -> (the op planner, whether it is the MVE build)
-_PLANNERS: dict[str, tuple[Callable[..., OpPlan | None], bool]] = {
-    "reference": (_reference_plan, False),
-    "cmsis_nn": (_cmsis_plan, False),
-    "cmsis_nn_mve": (_cmsis_plan, True),
-}
 #: the kernel sets whose allocations are known for each ABI
 _ABI_KERNELS = {"host64": ("reference",), "cortex_m32": ("reference", "cmsis_nn",
                                                           "cmsis_nn_mve")}
@@ -294,10 +129,10 @@ _ABI_KERNELS = {"host64": ("reference",), "cortex_m32": ("reference", "cmsis_nn"
 def _plan(graph: FlatbufferModel, op: Operator, kernels: str, abi: Abi) -> OpPlan | None:
     """The op's allocations, or None when unknown (as for shapes the kernel would refuse:
     the derivation never guesses)."""
-    planner, mve = _PLANNERS[kernels]
+    planner, mve = PLANNERS[kernels]
     try:
         return planner(graph, op, abi, mve)
-    except (IndexError, ValueError, TypeError):
+    except (AttributeError, IndexError, ValueError, TypeError):
         return None
 
 
@@ -326,7 +161,7 @@ def _temp_end(graph: FlatbufferModel, start: int, indices: list[int], abi: Abi) 
         end = _up(end, abi.pointer) + abi.tflite_tensor
         if _quantized(graph.tensors[index]):
             end = _up(end, abi.pointer) + abi.affine_quantization
-            end = _up(end, 4) + 4 + 4 * _channels(graph.tensors[index])
+            end = _up(end, 4) + 4 + 4 * channels(graph.tensors[index])
     return end
 
 
@@ -400,8 +235,8 @@ def _fits(graph: FlatbufferModel, plans: list[OpPlan], abi: Abi, size: int, head
     persistent(abi.eval_tensor * len(graph.tensors), p)
     persistent(abi.node_and_registration * len(graph.operators), p)
     for op in graph.operators:  # PrepareNodeAndRegistrationDataFromFlatbuffer
-        if op.name in _BUILTIN_BYTES:
-            persistent(_BUILTIN_BYTES[op.name], 4)
+        if op.name in BUILTIN_BYTES:
+            persistent(BUILTIN_BYTES[op.name], 4)
     for plan in plans:  # Init
         for nbytes in plan.init:
             persistent(nbytes, _ALIGN)
@@ -426,7 +261,7 @@ def _fits(graph: FlatbufferModel, plans: list[OpPlan], abi: Abi, size: int, head
             persistent(abi.tflite_tensor, p)
             if _quantized(graph.tensors[index]):
                 persistent(abi.affine_quantization, p)
-                persistent(4 + 4 * _channels(graph.tensors[index]), 4)
+                persistent(4 + 4 * channels(graph.tensors[index]), 4)
     return fits and head <= tail, size - tail
 
 

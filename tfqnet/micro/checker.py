@@ -27,6 +27,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from tfqnet.errors import InvalidModelFileError
 from tfqnet.export.compact import expand_for_tflite
 from tfqnet.export.compression import stored_weight_bytes
 from tfqnet.export.flatbuffer import (
@@ -37,7 +38,7 @@ from tfqnet.export.flatbuffer import (
     op_layer,
 )
 from tfqnet.micro.arena import ArenaMeasurement, ArenaProbeError, measure_arena
-from tfqnet.micro.arena_model import board_arenas, unmodelled_ops
+from tfqnet.micro.arena_model import KERNEL_SETS, board_arenas, unmodelled_ops
 from tfqnet.micro.c_arrays import align_flatbuffer
 from tfqnet.micro.check_report import CheckReport, LayerResult
 from tfqnet.micro.isolated import describe_exit, run_python
@@ -195,6 +196,7 @@ def _layer_by_layer(graph: FlatbufferModel, model: bytes, lite_model: bytes,
         report.layer_check = ("skipped: TFLite's reference kernels cannot run this model "
                               f"({str(error).strip().splitlines()[0][:200]})")
         return
+    _check_computed_shapes(graph, lite)
     micro = tflm.Interpreter.from_bytes(
         model, arena_size=_layer_arena(graph, arena),
         intrepreter_config=tflm.InterpreterConfig.kPreserveAllTensors)
@@ -250,6 +252,23 @@ def _layer_by_layer(graph: FlatbufferModel, model: bytes, lite_model: bytes,
     report.samples = count
     report.output_top1_tflm_vs_tflite = float(np.mean(top1)) if top1 else None
     report.layer_check = "failed" if any(r.status == "FAIL" for r in results) else "passed"
+
+
+def _check_computed_shapes(graph: FlatbufferModel, lite) -> None:
+    """Raises InvalidModelFileError where TFLite, which computes each op output's shape
+    from its inputs when it allocates, gets another shape than the flatbuffer declares
+    and TFLM takes as it is (e.g. a graph input shortened to 1x8 pixels, after which
+    TFLite's outputs hold no sample at all): the file is corrupt, and the two runtimes'
+    tensors could not be compared."""
+    computed = {d["index"]: tuple(int(n) for n in d["shape"]) for d in lite.get_tensor_details()}
+    for op in graph.operators:
+        for out in op.outputs:
+            declared = tuple(graph.tensors[out].shape)
+            if computed.get(out, declared) != declared:
+                raise InvalidModelFileError(
+                    f"corrupt TFLite flatbuffer: operator {op.index} ({op.name}) computes an "
+                    f"output of shape {computed[out]} from its inputs, but its output tensor "
+                    f"{out} is declared {declared}")
 
 
 # ---------------------------------------------------------------------------- 3
@@ -319,7 +338,8 @@ def check_model(model: bytes, data=None, keras_model=None, samples: int = DEFAUL
     ``data``: float samples (or integer codes) for the model input, shape (N, ...);
     seeded random codes when None. ``keras_model``: a QAT model or a path to one.
     Raises InvalidModelFileError when ``model`` is not a TFLite flatbuffer (checked in
-    pure Python first, then by the aligner in a child process). The native steps that
+    pure Python first, then by the aligner in a child process, and before the layer by
+    layer comparison against the op output shapes TFLite computes). The native steps that
     can crash on a corrupt model (aligner, TFLM, TFLite) run in child processes first,
     so a crash becomes a failure in the report, never a crash of this process.
     """
@@ -334,8 +354,11 @@ def check_model(model: bytes, data=None, keras_model=None, samples: int = DEFAUL
     report.weight_bytes = stored_weight_bytes(model)
     report.flash = flash_breakdown(graph)
     report.arena_kernels = {k: e.minimum for k, e in board_arenas(graph).items()}
-    missing = [f"{k} ({', '.join(unmodelled_ops(graph, k))})" for k in
-               ("reference", "cmsis_nn") if k not in report.arena_kernels]
+    # reference first, as check lists them; MVE needs naming only when it alone is
+    # missing (it is derived whenever plain CMSIS-NN is, from the same ops)
+    missing = [f"{k.key} ({', '.join(unmodelled_ops(graph, k.key))})"
+               for k in reversed(KERNEL_SETS) if k.key not in report.arena_kernels
+               and not (k.key == "cmsis_nn_mve" and "cmsis_nn" not in report.arena_kernels)]
     if missing:
         report.arena_not_derived = ("not derived for " + "; ".join(missing) + ": "
                                     "ops whose kernel allocations tfqnet does not model")
