@@ -17,6 +17,7 @@ outputs on test digits.
 
 from __future__ import annotations
 
+import base64
 import json
 import sys
 import time
@@ -132,7 +133,10 @@ def tiny_cnn() -> keras.Model:
     return keras.Model(inputs, outputs, name="tiny_cnn")
 
 
-def train(method: str, strategy, data) -> dict:
+def train(method: str, strategy, data, dataset=None) -> dict:
+    """Trains ``method`` on ``data`` (x, y, x_test) in ``strategy``'s scope, from
+    ``dataset`` (of global batches) when given, else from the arrays; returns what
+    both tests compare."""
     x, y, x_test = data
     bits, options = METHOD_SETTINGS.get(method, (4, {}))
     start = time.perf_counter()
@@ -148,10 +152,8 @@ def train(method: str, strategy, data) -> dict:
     probe = EpochProbe()
     counts: dict[str, int] = {}
     schedules = [_counted(cb, counts) for cb in tfqnet.callbacks(qat, EPOCHS)]
-    qat.fit(
-        x, y, batch_size=GLOBAL_BATCH, epochs=EPOCHS, shuffle=False, verbose=0,
-        callbacks=schedules + [probe],
-    )
+    fit_data = {"x": x, "y": y, "batch_size": GLOBAL_BATCH} if dataset is None else {"x": dataset}
+    qat.fit(**fit_data, epochs=EPOCHS, shuffle=False, verbose=0, callbacks=schedules + [probe])
     trained = time.perf_counter()
     flatbuffer = tfqnet.convert(qat, x[:CALIBRATION_SAMPLES])
     print(f"{method} x{strategy.num_replicas_in_sync}: fit {trained - start:.1f} s, "
@@ -169,6 +171,45 @@ def train(method: str, strategy, data) -> dict:
         "flatbuffer": flatbuffer,
         "state": state,
         "tflm": tfqnet.run_tflm(flatbuffer, x_test, raw=True).astype(int).tolist(),
+    }
+
+
+def portable(run: dict) -> dict:
+    """``run`` as JSON can hold it (flatbuffer in base64, state as lists)."""
+    return {
+        **run,
+        "flatbuffer": base64.b64encode(run["flatbuffer"]).decode(),
+        "state": {name: np.asarray(value).tolist() for name, value in run["state"].items()},
+    }
+
+
+def restored(run: dict) -> dict:
+    """The inverse of :func:`portable`."""
+    return {
+        **run,
+        "flatbuffer": base64.b64decode(run["flatbuffer"]),
+        "state": {name: np.asarray(value, np.float64) for name, value in run["state"].items()},
+    }
+
+
+def compared(single: dict, distributed: dict, name: str = "mirrored") -> dict:
+    """What the tests assert on: both runs (without their bytes), the largest
+    difference of each quantizer state variable, and how the flatbuffers differ."""
+    state_diff = {
+        variable: float(np.max(np.abs(distributed["state"][variable] - value)))
+        for variable, value in single["state"].items()
+    }
+    assert state_diff, "no quantizer state found"
+    assert single["state"].keys() == distributed["state"].keys()
+    return {
+        "runs": {
+            run: {k: v for k, v in result.items() if k not in ("flatbuffer", "state")}
+            for run, result in (("single", single), (name, distributed))
+        },
+        "state_diff": state_diff,
+        "flatbuffers_equal": single["flatbuffer"] == distributed["flatbuffer"],
+        "flatbuffer_diff": compare_flatbuffers(single["flatbuffer"], distributed["flatbuffer"]),
+        "flatbuffer_bytes": len(single["flatbuffer"]),
     }
 
 
@@ -212,23 +253,8 @@ def main(out_path: str, methods: list[str]) -> None:
     }
     for method in methods or tfqnet.method_names():
         single = train(method, one_device, data)
-        distributed = train(method, mirrored, data)
-        state_diff = {
-            name: float(np.max(np.abs(distributed["state"][name] - value)))
-            for name, value in single["state"].items()
-        }
-        assert state_diff, "no quantizer state found"
-        assert single["state"].keys() == distributed["state"].keys()
-        report[method] = {
-            "runs": {
-                run: {k: v for k, v in result.items() if k not in ("flatbuffer", "state")}
-                for run, result in (("single", single), ("mirrored", distributed))
-            },
-            "state_diff": state_diff,
-            "flatbuffers_equal": single["flatbuffer"] == distributed["flatbuffer"],
-            "flatbuffer_diff": compare_flatbuffers(single["flatbuffer"], distributed["flatbuffer"]),
-            "flatbuffer_bytes": len(single["flatbuffer"]),
-        }
+        report[method] = compared(single, train(method, mirrored, data))
+        report[method]["single"] = portable(single)  # for tests/test_distribute's multi-worker runs
     with open(out_path, "w") as f:
         json.dump(report, f)
 
