@@ -211,6 +211,31 @@ def test_compressed_model_is_bit_identical_and_smaller(int4_model, digits):
     assert len(compressed) < len(int4_model)
 
 
+def _decodes(flatbuffer: bytes):
+    graph = tfqnet.FlatbufferModel.from_bytes(flatbuffer)
+    return graph, [op for op in graph.operators if op.name == DECODE_OP]
+
+
+def test_compaction_drops_the_quantization_of_decode_inputs(int4_model, digits):
+    """The encoded indices keep a copy of the filter's per-channel quantization, which
+    TFLM never reads (TFLM_DECODE reads bytes; it and the convolution read the decoded
+    tensor's): compaction drops it, and TFLM's outputs stay bit-identical."""
+    with pytest.warns(UserWarning, match="TensorFlow Lite Micro only"):
+        compressed = compress_ternary(int4_model)
+    graph, decodes = _decodes(compressed)
+    assert max(len(graph.tensors[op.inputs[0]].scales) for op in decodes) == 32
+    compacted = compact_exactly(compressed, digits.x_test)
+    small, small_decodes = _decodes(compacted)
+    for op in small_decodes:
+        assert all(small.tensors[i].scales == () for i in op.inputs)
+        decoded = small.tensors[op.outputs[0]]
+        (before,) = [graph.tensors[o.outputs[0]] for o in decodes
+                     if graph.tensors[o.outputs[0]].shape == decoded.shape]
+        assert decoded.scales == before.scales and decoded.zero_points == (0,)
+    assert tfqnet.flash_breakdown(compacted)["quantization"] < \
+        tfqnet.flash_breakdown(compressed)["quantization"] - 12 * 32
+
+
 def test_qat_model_agrees_with_tflm(crq_model, int4_model, float_digits_model, digits):
     qat, _ = crq_model
     assert top1_agreement(qat, int4_model, digits.x_test) >= 0.99

@@ -12,6 +12,11 @@ TFLM's sources and is proven by running the compacted model on the TFLM runtime
   and an int64 zero point per channel) is dropped: those kernels derive their
   per-channel multipliers from the input, filter and output scales only.
   FULLY_CONNECTED checks its bias scale, so its biases keep theirs;
+- **quantization of the inputs of** ``TFLM_DECODE`` (a compressed filter's encoded
+  indices carry a copy of its per-channel scales and zero points, which the
+  compression tool means to drop) is dropped: the decode kernel reads those inputs as
+  bytes, and it and the filter's consumer read the quantization of the decoded tensor,
+  which keeps it;
 - ``min``/``max`` arrays, ``shape_signature``, signature defs, the description and
   the ``min_runtime_version``/``CONVERSION_METADATA`` metadata, none of which TFLM
   reads (other metadata, e.g. TFLM compression's, is kept);
@@ -32,7 +37,7 @@ import numpy as np
 from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
 
 from tfqnet.export.flatbuffer import BUILTIN_OPS, FlatbufferModel, op_layer
-from tfqnet.tflite_format import unpack_int4
+from tfqnet.tflite_format import DECODE_OP, unpack_int4
 
 #: metadata entries the converter writes and TFLM never reads
 UNREAD_METADATA = frozenset({"min_runtime_version", "CONVERSION_METADATA"})
@@ -77,17 +82,24 @@ def _pack(model: schema.ModelT) -> bytes:
 
 
 def _op_name(model: schema.ModelT, op: schema.OperatorT) -> str:
+    """The builtin operator's name, or a custom operator's code (``TFLM_DECODE``)."""
     code = model.operatorCodes[op.opcodeIndex]
-    return BUILTIN_OPS.get(max(code.builtinCode, code.deprecatedBuiltinCode), "")
+    builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
+    if builtin == schema.BuiltinOperator.CUSTOM and code.customCode is not None:
+        custom = code.customCode
+        return custom.decode("utf-8", "replace") if isinstance(custom, bytes) else str(custom)
+    return BUILTIN_OPS.get(builtin, "")
 
 
-def _scale_free_biases(model: schema.ModelT, graph: schema.SubGraphT) -> set[int]:
-    """Tensors read only as the bias of ``BIAS_SCALE_FREE_OPS``."""
+def _quantization_unread(model: schema.ModelT, graph: schema.SubGraphT) -> set[int]:
+    """Tensors read only as the bias of ``BIAS_SCALE_FREE_OPS`` or as inputs of
+    ``TFLM_DECODE``: no reader uses their quantization."""
     uses: dict[int, set[bool]] = {}
     for op in graph.operators or []:
-        free = _op_name(model, op) in BIAS_SCALE_FREE_OPS
+        name = _op_name(model, op)
         for position, index in enumerate(op.inputs if op.inputs is not None else []):
-            uses.setdefault(int(index), set()).add(free and position == 2)
+            unread = name == DECODE_OP or (name in BIAS_SCALE_FREE_OPS and position == 2)
+            uses.setdefault(int(index), set()).add(unread)
     return {index for index, kinds in uses.items() if kinds == {True}}
 
 
@@ -160,7 +172,7 @@ def compact(flatbuffer: bytes, keep_layer_names: bool = True) -> bytes:
     graph, model = _read(flatbuffer)
     layer_names = _layer_names(graph) if keep_layer_names else {}
     for index, subgraph in enumerate(model.subgraphs or []):
-        free = _scale_free_biases(model, subgraph)
+        free = _quantization_unread(model, subgraph)
         subgraph.name = None
         for k, tensor in enumerate(subgraph.tensors or []):
             name = layer_names.get(k) if index == 0 else None
