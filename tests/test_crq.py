@@ -22,7 +22,14 @@ from tfqnet.quantizers.crq import (
     ternary_codes,
     twn_alpha,
 )
-from tfqnet.tflite_format import DECODE_OP, unpack_int4
+from tfqnet.tflite_format import (
+    DECODE_HEADER_BYTES,
+    DECODE_OP,
+    LUT_ONE_TABLE_AXIS,
+    LUT_PARAMS_OFFSET,
+    LUT_STRIDE_OFFSET,
+    unpack_int4,
+)
 
 EPOCHS = 4
 
@@ -214,6 +221,32 @@ def test_compressed_model_is_bit_identical_and_smaller(int4_model, digits):
 def _decodes(flatbuffer: bytes):
     graph = tfqnet.FlatbufferModel.from_bytes(flatbuffer)
     return graph, [op for op in graph.operators if op.name == DECODE_OP]
+
+
+def test_channels_sharing_their_codes_share_one_value_table(int4_model, digits):
+    """conv2's 32 channels all use {-1, 0, 1}: one table of 3 entries (not 32), read by
+    every channel (stride 0), and TFLM computes exactly what the INT4 model computes."""
+    with pytest.warns(UserWarning, match="TensorFlow Lite Micro only"):
+        compressed = compress_ternary(int4_model)
+    graph, decodes = _decodes(compressed)
+    (conv2,) = [op for op in decodes if len(graph.tensors[op.outputs[0]].scales) == 32]
+    header = graph.buffers[graph.tensor_buffers[conv2.inputs[1]]]
+    assert len(header) == DECODE_HEADER_BYTES + 3
+    assert header[LUT_PARAMS_OFFSET] >> 4 == LUT_ONE_TABLE_AXIS
+    assert header[LUT_STRIDE_OFFSET] == 0
+    assert list(np.frombuffer(header[DECODE_HEADER_BYTES:], np.int8)) == [-1, 0, 1]
+    # every compressed filter has the same header and table: one ancillary tensor
+    assert len({op.inputs[1] for op in decodes}) == 1 < len(decodes)
+    x = digits.x_test
+    reference = tfqnet.run_tflm(int4_model, x, raw=True)
+    np.testing.assert_array_equal(tfqnet.run_tflm(compressed, x, raw=True), reference)
+    # TFLM steps `stride` table entries per channel of the decoded tensor's scales: with
+    # the table's length there (what TFLM's compression tool writes), channels 1..31
+    # read past the table
+    at = compressed.find(header)
+    tool_stride = bytearray(compressed)
+    tool_stride[at + LUT_STRIDE_OFFSET] = 3
+    assert not np.array_equal(tfqnet.run_tflm(bytes(tool_stride), x, raw=True), reference)
 
 
 def test_compaction_drops_the_quantization_of_decode_inputs(int4_model, digits):

@@ -66,13 +66,27 @@ DECODE_OP = "TFLM_DECODE"
 MAX_INDEX_BITS = 7
 #: the decode header each compressed tensor carries
 DECODE_HEADER_BYTES = 16
+#: Byte of the LUT decode header holding the value-table stride (entries from one
+#: channel's table to the next). TFLM's LUT decoder (decode_state_lut.cc,
+#: ``DecodeStateLut::Setup``) takes the channel count from the decoded tensor's
+#: quantization (one channel per scale) and steps this many entries per channel,
+#: whatever the header's axis field says (so does the tflite-micro runtime): one table
+#: shared by every channel of a per-channel quantized filter must have stride 0.
+LUT_STRIDE_OFFSET = 6
+#: Byte of the LUT decode header whose high nibble is the table axis
+#: (``LUT_ONE_TABLE_AXIS``: one table for the whole tensor) and low 3 bits the index width
+LUT_PARAMS_OFFSET = 5
+LUT_ONE_TABLE_AXIS = 0xF
 #: Bound on the bytes a compressed filter adds to the flatbuffer besides its indices,
-#: header and tables: the decoded tensor (with a copy of the quantization parameters: a
-#: float32 scale and an int64 zero point per channel), the ancillary tensor, their
-#: buffers and the TFLM_DECODE operator. Measured on the digits CNN: 153-177 bytes per
-#: tensor, 364-378 with 16 channels, 552-560 with 32 for one filter alone, up to ~190
-#: more when a second filter is compressed too (flatbuffer alignment); the bound has
-#: room for both and longer names.
+#: header and tables: the decoded tensor (its shape, quantization and layer name), the
+#: ancillary tensor, their buffers and the TFLM_DECODE operator; and per table counted
+#: (SRQ counts one per channel of a per-channel kernel) room for the copy of a
+#: channel's scale and zero point the encoded tensor carries until compaction drops
+#: it. Compacted, measured on a MobileNetV2-style model's 1x1 filters compressed alone
+#: (24-96 channels): 189-232 bytes, whatever the channel count; filters sharing one
+#: table share its ancillary tensor too (9 such filters: ~112 bytes each).
+#: Uncompacted, on the digits CNN: 153-177 bytes per tensor, 364-378 with 16 channels,
+#: 552-560 with 32. The bound has room for both and longer names.
 DECODE_OVERHEAD_BYTES = 384
 DECODE_OVERHEAD_PER_TABLE = 16
 #: how weights may be stored: in their INT4/int8 containers, or TFLM-compressed

@@ -1,7 +1,7 @@
 """Weights as bit-packed lookup-table indices: TFLM compression (``TFLM_DECODE``).
 
 A weight tensor with few distinct values (a ternary kernel has 3 per channel) can
-be stored as ``b``-bit indices into a small value table per channel (or per tensor)
+be stored as ``b``-bit indices into one small value table (or one per channel)
 instead of 4-bit or 8-bit codes. tflite-micro's compression tool
 (:mod:`tflite_micro.compression`) rewrites such tensors and inserts a ``TFLM_DECODE``
 custom operator before each consumer; at run time it expands the indices back into
@@ -15,8 +15,10 @@ TFLM compression does not read INT4 tensors, so packed INT4 filters are first
 unpacked to INT8 (same codes, same scales) in the flatbuffer; their indices then
 take ``b`` bits (2 for ternary weights) plus the value tables.
 
-Sizes (ternary): 2 bits per weight plus, per tensor, a 16-byte decode header and a
-value table of 3 int8 entries per channel, against 4 bits (INT4) or 8 bits (int8).
+Sizes (ternary): 2 bits per weight plus a 16-byte decode header and one value table
+of 3 int8 entries ({-1, 0, 1}: every channel's codes, its scale stays in the decoded
+tensor's quantization), against 4 bits (INT4) or 8 bits (int8). Filters whose
+header and table are equal share them (one ancillary tensor).
 """
 
 from __future__ import annotations
@@ -30,14 +32,18 @@ import numpy as np
 from tflite_micro.tensorflow.lite.micro.compression import (
     compress as tflm_compress,
 )
-from tflite_micro.tensorflow.lite.micro.compression import model_editor, spec
+from tflite_micro.tensorflow.lite.micro.compression import decode, model_editor, spec
 from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
 
 from tfqnet.export.compact import compact
 from tfqnet.export.flatbuffer import FlatbufferModel, op_layer
 from tfqnet.tflite_format import (
+    DECODE_HEADER_BYTES,
     DECODE_OP,
     ELEMENT_BITS,
+    LUT_ONE_TABLE_AXIS,
+    LUT_PARAMS_OFFSET,
+    LUT_STRIDE_OFFSET,
     MAX_INDEX_BITS,
     WEIGHTED_OPS,
     lut_weight_bytes,
@@ -82,6 +88,31 @@ def _compressed_size(codes: np.ndarray, width: int, axis: int | None) -> int:
     return lut_weight_bytes(codes.size, width, len(tables), stride)
 
 
+def _table_layout(codes: np.ndarray, channel_axis: int | None, container_bits: int,
+                  bits: int | None, max_index_bits: int) -> tuple[int, int | None] | None:
+    """(index width, table axis) of the fewest bytes for a filter's ``codes``: one value
+    table for the whole tensor (axis None) or, for a per-channel filter, one per channel
+    along ``channel_axis``; None when neither fits. Width: the narrowest that fits
+    (``bits=None``; narrower than the container and at most ``max_index_bits``) or
+    ``bits``. One table wins ties: a grid kernel's codes all fit one table of
+    ``2**b - 1`` entries at its width ``b``, which costs ``C - 1`` fewer tables."""
+    best: tuple[int, int, int | None] | None = None
+    for axis in (None,) if channel_axis is None else (None, channel_axis):
+        needed = index_bits(codes, axis)
+        if bits is None:
+            if needed >= container_bits or needed > max_index_bits:
+                continue
+            width = needed
+        elif needed <= bits:
+            width = bits
+        else:
+            continue
+        size = _compressed_size(codes, width, axis)
+        if best is None or size < best[0]:
+            best = (size, width, axis)
+    return None if best is None else best[1:]
+
+
 def compress(flatbuffer: bytes, bits: int | None = None, compacted: bool = False) -> bytes:
     """Stores filters with few distinct values as bit-packed indices (TFLM only).
 
@@ -90,18 +121,20 @@ def compress(flatbuffer: bytes, bits: int | None = None, compacted: bool = False
     is compressed when its values fit an index narrower than its container (INT4: at
     most 8 distinct values per table, INT8: at most 128), at the narrowest width that
     fits. With ``bits`` (1..7) the filters whose values fit ``bits``-bit indices are
-    compressed at that width. A filter stays as it is unless compressing it makes the
-    flatbuffer smaller: its indices, decode header and tables must be smaller than its
-    buffer, and, measured by compressing it alone, the whole file must shrink (each
-    compressed filter also adds a decoded tensor with a copy of its per-channel scales
-    and zero points, and decode-op inputs: ~0.5 KB each on a small MobileNet, more than
-    a depthwise or small filter saves), and filters are added while the file shrinks
-    (largest saving first). Tables are per channel for
-    per-channel quantized filters, else per tensor. INT4 filters are unpacked to INT8
-    first (TFLM compression does not read INT4). ``compacted``: sizes are compared as
-    the files will be stored after :func:`tfqnet.export.compact.compact` (which
-    shrinks each decoded tensor's metadata, so smaller filters pay). Raises ValueError
-    if no filter qualifies or the result would not be smaller than ``flatbuffer``.
+    compressed at that width. Tables: one for the whole filter, or one per channel for
+    a per-channel quantized filter when that takes fewer bytes (a narrower index); one
+    table serves every channel with stride 0 (:func:`_one_table_stride_zero`). A filter
+    stays as it is unless compressing it makes the flatbuffer smaller: its indices,
+    decode header and tables must be smaller than its buffer, and filters are added,
+    largest saving alone first, wherever the whole file shrinks (measured: each also
+    adds a decoded tensor, decode-op inputs and an operator, ~0.2 KB compacted, more
+    than a depthwise or small filter saves; filters sharing one table share its
+    ancillary tensor). INT4 filters are unpacked to INT8 first (TFLM compression does
+    not read INT4). ``compacted``: sizes are compared as the files will be stored after
+    :func:`tfqnet.export.compact.compact` (which drops the encoded tensors' copy of
+    the quantization and shortens the decoded tensors' zero points, so smaller filters
+    pay). Raises ValueError if no filter qualifies or the result would not be smaller
+    than ``flatbuffer``.
 
     **The returned model runs on TensorFlow Lite Micro only** (op ``TFLM_DECODE``);
     a warning says so.
@@ -168,16 +201,11 @@ def _compress_where_smaller(
             if tensor.dtype not in _CONTAINER_BITS or id(tensor) in chosen:
                 continue
             codes = _codes(tensor)
-            axis = _lut_axis(tensor)
-            needed = index_bits(codes, axis)
-            if bits is None:
-                if needed >= _CONTAINER_BITS[tensor.dtype] or needed > max_index_bits:
-                    continue
-                width = needed
-            elif needed <= bits:
-                width = bits
-            else:
+            layout = _table_layout(codes, _lut_axis(tensor), _CONTAINER_BITS[tensor.dtype],
+                                   bits, max_index_bits)
+            if layout is None:
                 continue
+            width, axis = layout
             if _compressed_size(codes, width, axis) >= len(tensor.buffer.data):
                 continue  # too small a tensor: header and tables outweigh the savings
             chosen[id(tensor)] = (_Filter(sg_index, tensor.index, width, axis), tensor)
@@ -193,7 +221,8 @@ def _compress_where_smaller(
         groups.setdefault(id(tensor.buffer), []).append(f)
     # Sizes are measured, not estimated: flatbuffer alignment makes savings of several
     # filters not add up. Each whole-buffer group is tried alone, then added greedily,
-    # largest saving first, while the file keeps shrinking.
+    # largest saving first, wherever the file shrinks: also groups that grow it alone,
+    # as filters sharing one value table share its ancillary tensor.
     size = _stored_size(compacted)
     smallest = size(_compressed(flatbuffer, []))  # rebuilt as the compressed ones are
     alone = {
@@ -202,7 +231,7 @@ def _compress_where_smaller(
         if len(filters) == len(users[buffer])
     }
     chosen_filters: list[_Filter] = []
-    for buffer in sorted((b for b in alone if alone[b] < smallest), key=alone.get):
+    for buffer in sorted(alone, key=alone.get):
         total = size(_compressed(flatbuffer, chosen_filters + groups[buffer]))
         if total < smallest:
             chosen_filters, smallest = chosen_filters + groups[buffer], total
@@ -247,7 +276,36 @@ def _compressed(flatbuffer: bytes, filters: Sequence[_Filter]) -> bytes:
         for f in filters
     ]
     built = bytes(model.build())
-    return bytes(tflm_compress(built, specs)) if specs else built
+    return _one_table_stride_zero(bytes(tflm_compress(built, specs))) if specs else built
+
+
+def _one_table_stride_zero(flatbuffer: bytes) -> bytes:
+    """``flatbuffer`` with the stride of every single LUT value table set to 0, in place.
+
+    TFLM's LUT decoder (``DecodeStateLut::Setup``/``DecompressToBuffer*``) counts
+    channels by the decoded tensor's scales and advances ``stride`` entries per
+    channel; the compression tool writes a single table with the stride of its length,
+    so every channel after the first of a per-channel filter would read past it. With
+    stride 0 every channel reads the one table (``tflite_format.LUT_STRIDE_OFFSET``).
+    A per-tensor quantized filter has one channel: the stride is never applied."""
+    data = bytearray(flatbuffer)
+    model = schema.Model.GetRootAs(data, 0)
+    decode_codes = {k for k in range(model.OperatorCodesLength())
+                    if model.OperatorCodes(k).CustomCode() == DECODE_OP.encode()}
+    for g in range(model.SubgraphsLength()):
+        graph = model.Subgraphs(g)
+        for o in range(graph.OperatorsLength()):
+            op = graph.Operators(o)
+            if op.OpcodeIndex() not in decode_codes:
+                continue
+            for k in range(1, op.InputsLength(), 2):  # (encoded, ancillary) pairs
+                buffer = model.Buffers(graph.Tensors(op.Inputs(k)).Buffer())
+                header = buffer.DataAsNumpy()  # a view into ``data`` (0 if it has none)
+                if (isinstance(header, np.ndarray) and len(header) >= DECODE_HEADER_BYTES
+                        and header[0] == int(decode.DecodeType.LUT)
+                        and header[LUT_PARAMS_OFFSET] >> 4 == LUT_ONE_TABLE_AXIS):
+                    header[LUT_STRIDE_OFFSET] = 0
+    return bytes(data)
 
 
 def compress_ternary(flatbuffer: bytes) -> bytes:

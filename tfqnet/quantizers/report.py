@@ -70,9 +70,10 @@ def bit_width_report(model: keras.Model) -> BitWidthReport:
     quantizers their fixed ``bits``); weighted layers left float (``skip``) count as
     int8 (the converter quantizes them post-training). Bytes are those the flatbuffer's
     kernel tensors take as ``tfqnet.convert(model, x)`` stores them: INT4 two weights a
-    byte, int8 one; fixed-width kernels below 4 bits (``compress="auto"``) and those with
-    ``storage="compressed"`` (SRQ) as :func:`tfqnet.tflite_format.storage_form` stores
-    them (lookup-table indices where that shrinks the file). With no compressed kernel
+    byte, int8 one; fixed-width kernels below 4 bits (``compress="auto"``: one value
+    table per kernel) and those with ``storage="compressed"`` (SRQ: its ``tables``) as
+    :func:`tfqnet.tflite_format.storage_form` stores them (lookup-table indices where
+    that shrinks the file). With no compressed kernel
     the total equals ``FlatbufferModel.from_bytes(flatbuffer).weight_bytes()``, else it
     bounds ``tfqnet.export.compression.stored_weight_bytes(flatbuffer)`` from above,
     equal when every table holds all codes of its width. ``bits_from`` says what set a
@@ -85,7 +86,7 @@ def bit_width_report(model: keras.Model) -> BitWidthReport:
         inner = getattr(layer, "layer", layer)
         if type(inner) not in WEIGHTED_LAYERS:
             continue
-        attr, channel_dims = WEIGHTED_LAYERS[type(inner)]
+        attr, _ = WEIGHTED_LAYERS[type(inner)]
         shape = tuple(getattr(inner, attr).shape)
         size = int(np.prod(shape))
         config = getattr(layer, "quantize_config", None)
@@ -97,8 +98,9 @@ def bit_width_report(model: keras.Model) -> BitWidthReport:
         else:
             width, max_bits = quantizer.kernel_bits(), quantizer.max_kernel_bits()
             learned, storage = quantizer.learns_width, quantizer.export_storage()
-            tables = quantizer.tables if quantizer.storage == "compressed" else (
-                int(np.prod(shape[-channel_dims:])) if per_axis else 1)
+            # a fixed-width kernel's codes all fit one table at its width, and convert
+            # stores one table wherever that is not larger than a table per channel
+            tables = quantizer.tables if quantizer.storage == "compressed" else 1
             bits_from = config.bits_from
             budgets.add(quantizer.weight_budget_bytes())
         dense = grid.is_per_channel_dense(len(shape), per_axis)
