@@ -450,3 +450,45 @@ def test_run_tflm_in_child_processes_never_dies_on_mutations(tflite, tmp_path):
     # Not vacuous: mutants were refused, and others reached the runtime.
     assert outcomes.count("InvalidModelFileError") >= 20
     assert outcomes.count("ok") + outcomes.count("MicroRuntimeError") >= 20
+
+
+def _input_height(height: int):
+    def edit(model, graph):
+        tensor = _sg(model).tensors[graph.inputs[0]]
+        tensor.shape = [tensor.shape[0], height, *tensor.shape[2:]]
+    return edit
+
+
+def test_shapes_tflite_computes_otherwise_are_an_invalid_file(tflite, tmp_path, capsys):
+    """A graph input shortened to 1x8 pixels passes the file checks, TFLM runs it on the
+    declared shapes, but TFLite's outputs hold no sample: the layer-by-layer step raised
+    IndexError (the CLI's exit 70, "please report it"). Found by mutating every tensor
+    shape and operator index of the digits model one at a time."""
+    from tfqnet.cli import main
+
+    bad = _repacked(tflite, _input_height(1))
+    assert _python_stages(bad) == "ok"
+    message = (r"corrupt TFLite flatbuffer: operator 0 \(CONV_2D\) computes an output of "
+               r"shape \(1, -?\d+, 8, \d+\) from its inputs, but its output tensor \d+ is "
+               r"declared \(1, 8, 8, \d+\)")
+    with pytest.raises(InvalidModelFileError, match=message):
+        check_model(bad, samples=2)
+    (tmp_path / "bad.tflite").write_bytes(bad)
+    assert main(["check", str(tmp_path / "bad.tflite"), "--quiet", "--samples", "2"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and re.search("is not a valid TFLite model: " + message, lines[0])
+
+
+def test_a_model_tflite_refuses_to_invoke_skips_the_layer_check(tflite):
+    """RESHAPE's shape input replaced by the graph input: TFLM ignores it, TFLite's
+    invoke raised RuntimeError out of the layer-by-layer step (exit 70)."""
+    def edit(model, graph):
+        op = _sg(model).operators[_first(graph, "RESHAPE").index]
+        op.inputs = [op.inputs[0], graph.inputs[0]]
+
+    report = check_model(_repacked(tflite, edit), samples=2)
+    assert report.layer_check.startswith("skipped: TFLite's reference kernels cannot run "
+                                         "this model (")
+    assert "layer-by-layer skipped" in report.format_table().splitlines()[-1]

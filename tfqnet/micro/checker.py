@@ -193,8 +193,7 @@ def _layer_by_layer(graph: FlatbufferModel, model: bytes, lite_model: bytes,
                            experimental_preserve_all_tensors=True)
         lite.allocate_tensors()
     except Exception as error:  # e.g. no BUILTIN_REF DEPTHWISE_CONV_2D v7 (int4)
-        report.layer_check = ("skipped: TFLite's reference kernels cannot run this model "
-                              f"({str(error).strip().splitlines()[0][:200]})")
+        report.layer_check = _lite_refuses(error)
         return
     _check_computed_shapes(graph, lite)
     micro = tflm.Interpreter.from_bytes(
@@ -212,7 +211,11 @@ def _layer_by_layer(graph: FlatbufferModel, model: bytes, lite_model: bytes,
             micro.set_input(array[n : n + 1], k)
             lite.set_tensor(lite_inputs[k], array[n : n + 1])
         micro.invoke()
-        lite.invoke()
+        try:
+            lite.invoke()
+        except RuntimeError as error:  # e.g. a RESHAPE whose shape input does not fit
+            report.layer_check = _lite_refuses(error)
+            return
         agree: dict[int, bool] = {i: True for i in graph.inputs}
         for op, result in zip(graph.operators, results, strict=True):
             isolated = all(agree.get(i, True) for i in op.inputs
@@ -252,6 +255,11 @@ def _layer_by_layer(graph: FlatbufferModel, model: bytes, lite_model: bytes,
     report.samples = count
     report.output_top1_tflm_vs_tflite = float(np.mean(top1)) if top1 else None
     report.layer_check = "failed" if any(r.status == "FAIL" for r in results) else "passed"
+
+
+def _lite_refuses(error: Exception) -> str:
+    return ("skipped: TFLite's reference kernels cannot run this model "
+            f"({str(error).strip().splitlines()[0][:200]})")
 
 
 def _check_computed_shapes(graph: FlatbufferModel, lite) -> None:
