@@ -410,3 +410,37 @@ def test_sigterm_stops_the_child_and_removes_temporary_files(work, tmp_path, pre
     assert sorted(tmp.iterdir()) == []  # no directory with a copy of the model left
     assert [pid for pid in children if _running(pid)] == []
     assert not (tmp_path / "c").exists() or not any((tmp_path / "c").iterdir())
+
+
+def test_integer_data_are_input_codes_in_range_given_dequantized_to_keras(
+        work, float_digits_model, digits, capsys, tmp_path):
+    """One meaning per dtype: floats are real values, integers the input's int8 codes.
+    Codes out of range were cast (300 ran as 44); with a Keras model they were fed to
+    it as if they were floats."""
+    import tfqnet
+    from tfqnet.micro.checker import check_model
+
+    model = str(work / "digits.tflite")
+    wide = tmp_path / "wide.npy"
+    np.save(wide, np.full((3, 8, 8, 1), 300, np.int64))
+    message = (f"{wide} holds integer codes from 300 to 300, outside the model input's int8 "
+               "range -128 to 127; give codes in that range, or float values, which are "
+               "quantized with its scale ")
+    assert main(["check", model, "--data", str(wide)]) == 2
+    assert message in _one_error_line(capsys)
+    assert main(["export-c", model, "--out", str(tmp_path / "c"), "--name", "d",
+                 "--inputs", str(wide)]) == 2
+    assert message in _one_error_line(capsys)
+    assert not (tmp_path / "c").exists()
+    qat, tflite = digits_qat_and_tflite(float_digits_model, digits)
+    with pytest.raises(ValueError, match="outside the model input's int8 range -128 to 127"):
+        tfqnet.run_tflm(tflite, np.load(wide))
+
+    x = digits.x_test[:32]
+    codes = tfqnet.MicroInterpreter(tflite).inputs[0].quantize(x)
+    np.testing.assert_array_equal(tfqnet.run_tflm(tflite, codes.astype(np.int64), raw=True),
+                                  tfqnet.run_tflm(tflite, x, raw=True))  # codes as they are
+    report = check_model(tflite, data=codes.astype(np.int16), keras_model=qat, samples=32)
+    assert report.keras["passed"], report.keras
+    assert report.keras["top1_agreement"] >= 0.95
+    assert report.keras["max_output_diff_lsb"] <= 1

@@ -45,7 +45,7 @@ from tfqnet.micro.checker import check_model, load_keras_model
 from tfqnet.micro.equivalence import same_outputs
 from tfqnet.micro.model_file import read_model_file
 from tfqnet.micro.op_resolver import UnsupportedOpError, op_resolver_header
-from tfqnet.micro.runtime import MicroInterpreter, random_input_codes
+from tfqnet.micro.runtime import MicroInterpreter, random_input_codes, tensor_details
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_INTERNAL = 70  # sysexits EX_SOFTWARE: a bug in tfqnet
@@ -101,6 +101,18 @@ def _read_npy(path: str):
     return array
 
 
+def _check_values(array: np.ndarray, graph, path: str) -> None:
+    """Refuses, before any work, samples the model's first input cannot take in the
+    meaning their dtype gives them (floats: real values; integers: codes in the input
+    type's range; :meth:`tfqnet.micro.runtime.TensorDetails.values`)."""
+    details = tensor_details(graph.tensors[graph.inputs[0]])
+    if details is not None:
+        try:
+            details.values(array, path)
+        except ValueError as error:
+            raise _UsageError(str(error)) from None
+
+
 def _sample_bytes(graph, tensors) -> int:
     """Bytes of one sample of ``tensors`` (indices), at least 1."""
     return max(1, sum(packed_bytes(graph.tensors[i]) for i in tensors))
@@ -130,6 +142,8 @@ def _export_c(args) -> int:
     inputs = _read_npy(args.inputs) if args.inputs else None
     if args.count < 1:
         raise _UsageError("--count must be at least 1")
+    if inputs is not None:
+        _check_values(inputs[: args.count], graph, args.inputs)
     count = args.count if inputs is None else min(args.count, len(inputs))
     per_vector = _sample_bytes(graph, (*graph.inputs, *graph.outputs))
     if count * per_vector > MAX_GOLDEN_BYTES:
@@ -224,6 +238,8 @@ def _check(args) -> int:
     if args.samples < 1:
         raise _UsageError("--samples must be at least 1")
     count = args.samples if samples is None else min(args.samples, len(samples))
+    if samples is not None:
+        _check_values(samples[:count], graph, args.data)
     per_sample = _sample_bytes(graph, graph.inputs)
     if count * per_sample > MAX_SAMPLE_BYTES:
         raise _UsageError(f"--samples {args.samples}: {count} samples of this model's input "
@@ -301,6 +317,12 @@ def _compact(args) -> int:
     return EXIT_OK
 
 
+#: what the values of a --data / --inputs array mean, by its dtype
+_DATA_MEANING = ("a float array holds real values, quantized with the input's scale and "
+                 "zero point; an integer array holds the input's codes, used as they are "
+                 "(codes outside the input type's range are refused)")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tfqnet", description="Take a converted tfqnet model to a TFLite Micro board.")
@@ -316,8 +338,8 @@ def _parser() -> argparse.ArgumentParser:
                         "characters become '_'; at most "
                         f"{c_arrays.MAX_IDENTIFIER_CHARS} characters)")
     export.add_argument("--inputs", metavar="X.npy",
-                        help="float samples (or input codes) for the golden vectors; "
-                        "seeded random codes when omitted")
+                        help="samples for the golden vectors: " + _DATA_MEANING
+                        + "; seeded random codes when omitted")
     export.add_argument("--count", type=int, default=DEFAULT_VECTORS,
                         help=f"number of golden vectors (default {DEFAULT_VECTORS})")
     export.add_argument("--lang", choices=sorted(c_arrays.LANG_EXTENSIONS), default="c++",
@@ -331,7 +353,10 @@ def _parser() -> argparse.ArgumentParser:
                            "reference kernels, vs the Keras QAT model, resources)")
     check.add_argument("model", metavar="MODEL.tflite")
     check.add_argument("--keras", metavar="QAT_MODEL", help="tfqnet QAT model to compare with")
-    check.add_argument("--data", metavar="X.npy", help="float input samples")
+    check.add_argument("--data", metavar="X.npy",
+                       help="input samples: " + _DATA_MEANING + "; with --keras, the Keras "
+                       "model gets floats as they are and codes dequantized; seeded random "
+                       "codes when omitted")
     check.add_argument("--json", metavar="REPORT", help="also write the report as JSON to "
                        "REPORT ('-': print JSON instead of the table)")
     check.add_argument("--samples", type=int, default=64, help="samples to run (default 64)")

@@ -299,11 +299,14 @@ def load_keras_model(path: str):
 
 def _compare_keras(keras_model, micro, inputs: list[np.ndarray], raw_data,
                    min_agreement: float) -> dict:
-    if raw_data is not None:
-        arrays = list(raw_data) if isinstance(raw_data, list | tuple) else [raw_data]
-        floats = [np.asarray(a)[: inputs[0].shape[0]].astype(np.float32) for a in arrays]
-    else:  # the generated codes, as the float values they stand for
-        floats = [d.dequantize(a) for d, a in zip(micro.inputs, inputs, strict=True)]
+    # The Keras model takes real values: the user's floats as they are, and codes (the
+    # user's integer data, or the generated ones) as the values they stand for.
+    arrays = [None] * len(inputs) if raw_data is None else (
+        list(raw_data) if isinstance(raw_data, list | tuple) else [raw_data])
+    floats = [np.asarray(a)[: codes.shape[0]].astype(np.float32)
+              if a is not None and np.issubdtype(np.asarray(a).dtype, np.floating)
+              else d.dequantize(codes)
+              for a, d, codes in zip(arrays, micro.inputs, inputs, strict=True)]
     expected = keras_model.predict(floats if len(floats) > 1 else floats[0], verbose=0)
     got = micro.predict(inputs, raw=True)
     expected_list = expected if isinstance(expected, list) else [expected]
@@ -343,8 +346,11 @@ def check_model(model: bytes, data=None, keras_model=None, samples: int = DEFAUL
                 progress: Progress | None = None) -> CheckReport:
     """Runs the four checks on a flatbuffer; ``report.passed`` says whether all passed.
 
-    ``data``: float samples (or integer codes) for the model input, shape (N, ...);
-    seeded random codes when None. ``keras_model``: a QAT model or a path to one.
+    ``data``: samples for the model input, shape (N, ...): floats are real values
+    (quantized with the input's scale and zero point for TFLM, given to the Keras model
+    as they are), integers the input's codes (given to TFLM as they are, to the Keras
+    model dequantized; out of the input type's range, ValueError); seeded random codes
+    when None. ``keras_model``: a QAT model or a path to one.
     Raises InvalidModelFileError when ``model`` is not a TFLite flatbuffer (checked in
     pure Python first, then by the aligner in a child process, and before the layer by
     layer comparison against the op output shapes TFLite computes). The native steps that

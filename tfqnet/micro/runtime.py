@@ -14,7 +14,9 @@ import numpy as np
 from tflite_micro import runtime as _tflm
 
 from tfqnet.errors import MicroRuntimeError
+from tfqnet.export.flatbuffer import Tensor
 from tfqnet.micro.model_file import parse_model
+from tfqnet.tflite_format import NUMPY_DTYPES
 
 #: Arena used when none is given: generous, because too small an arena can crash the
 #: process inside the runtime (measure the real minimum with tfqnet's arena probe).
@@ -47,6 +49,48 @@ class TensorDetails:
             return np.asarray(q, np.float32)
         return ((q.astype(np.float32) - self.zero_point) * self.scale).astype(np.float32)
 
+    def values(self, x, what: str = "the input") -> np.ndarray:
+        """``x`` as this tensor holds it, one meaning per dtype of ``x``:
+
+        - floats are real values: quantized with the scale and zero point (rounded half
+          away from zero, saturated) for a quantized tensor; for an integer tensor
+          without quantization they must be whole numbers in its type's range;
+        - integers are the tensor's codes themselves, passed unchanged, and must lie in
+          its type's range (cast, they would wrap around); for a float tensor, values.
+
+        Anything else raises one-line ValueError naming ``what``."""
+        x = np.asarray(x)
+        if not np.issubdtype(self.dtype, np.integer):
+            return x.astype(self.dtype, copy=False)
+        if np.issubdtype(x.dtype, np.floating) and self.is_quantized:
+            return self.quantize(x)
+        info = np.iinfo(self.dtype)
+        if np.issubdtype(x.dtype, np.floating) and x.size and not (
+                np.isfinite(x).all() and np.array_equal(x, np.round(x))):
+            raise ValueError(f"{what} holds fractional values, but the model input is "
+                             f"{info.dtype} without a scale to quantize them with; give "
+                             f"its integer codes ({info.min} to {info.max})")
+        low, high = (x.min(), x.max()) if x.size else (info.min, info.max)
+        if low < info.min or high > info.max:
+            how = (f"or float values, which are quantized with its scale {self.scale:g} and "
+                   f"zero point {self.zero_point}" if self.is_quantized else
+                   "as it takes them")
+            raise ValueError(f"{what} holds integer codes from {low:g} to {high:g}, outside "
+                             f"the model input's {info.dtype} range {info.min} to "
+                             f"{info.max}; give codes in that range, {how}")
+        return x.astype(self.dtype)
+
+
+def tensor_details(tensor: Tensor) -> TensorDetails | None:
+    """The details of a flatbuffer tensor as the runtime reports them (first scale and
+    zero point), known before loading the model; None for a type numpy has no dtype for."""
+    dtype = NUMPY_DTYPES.get(tensor.type)
+    if dtype is None:
+        return None
+    return TensorDetails(dtype.type, tuple(tensor.shape),
+                         float(tensor.scales[0]) if tensor.scales else 0.0,
+                         int(tensor.zero_points[0]) if tensor.zero_points else 0)
+
 
 def _details(raw: dict) -> TensorDetails:
     params = raw.get("quantization_parameters") or {}
@@ -63,9 +107,11 @@ def _details(raw: dict) -> TensorDetails:
 class MicroInterpreter:
     """A flatbuffer loaded into the TFLM runtime.
 
-    ``predict(x)`` takes a batch per model input. Float arrays are quantized with the
-    input tensor's scale and zero point; integer arrays of the input dtype are passed
-    as they are. Outputs are dequantized to float unless ``raw=True``.
+    ``predict(x)`` takes a batch per model input. Float arrays are real values,
+    quantized with the input tensor's scale and zero point; integer arrays are the input
+    tensor's codes, passed as they are, and codes outside its type's range raise
+    ValueError (:meth:`TensorDetails.values`). Outputs are dequantized to float unless
+    ``raw=True``.
 
     The runtime trusts the flatbuffer (one wrong tensor index in it crashes the whole
     process), so the model is first checked in pure Python with the checks of
@@ -93,9 +139,7 @@ class MicroInterpreter:
         x = np.asarray(x)
         if x.shape[1:] != details.shape[1:]:
             raise ValueError(f"input batch has shape {x.shape}; the model takes {details.shape}")
-        if np.issubdtype(x.dtype, np.floating) and details.is_quantized:
-            return details.quantize(x)
-        return x.astype(details.dtype, copy=False)
+        return details.values(x, "the input batch")
 
     def invoke_one(self, sample: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Runs one batch-1 sample (already the input dtype); returns raw outputs."""
