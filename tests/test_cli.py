@@ -444,3 +444,33 @@ def test_integer_data_are_input_codes_in_range_given_dequantized_to_keras(
     assert report.keras["passed"], report.keras
     assert report.keras["top1_agreement"] >= 0.95
     assert report.keras["max_output_diff_lsb"] <= 1
+
+
+def test_keras_check_quiet_prints_nothing_but_the_result(work, float_digits_model, digits,
+                                                         tmp_path):
+    """TensorFlow's start-up lines (absl, cudart_stub, cuInit), written by its native
+    libraries before any log level applies, surrounded tfqnet's output."""
+    import os
+
+    qat, _ = digits_qat_and_tflite(float_digits_model, digits)
+    qat.save(tmp_path / "qat.h5")
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    proc = subprocess.run([sys.executable, "-m", "tfqnet.cli", "check",
+                           str(work / "digits.tflite"), "--keras", str(tmp_path / "qat.h5"),
+                           "--data", str(work / "x.npy"), "--samples", "8", "--quiet"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT,
+                          env=dict(env, PYTHONPATH=str(ROOT)))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stderr == ""
+    assert "3. Keras QAT model: ok" in proc.stdout and proc.stdout.rstrip().endswith("PASS")
+
+
+def test_export_c_and_compact_quiet_print_no_progress(work, capsys, tmp_path):
+    model = str(work / "digits.tflite")
+    assert main(["export-c", model, "--out", str(tmp_path / "c"), "--name", "d",
+                 "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and captured.out.startswith("wrote 6 files to ")
+    assert main(["compact", model, str(tmp_path / "small.tflite"), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and captured.out.startswith(f"wrote {tmp_path / 'small.tflite'}")

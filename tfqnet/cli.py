@@ -17,7 +17,9 @@ directories before it exits.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import os
 import signal
 import sys
@@ -71,6 +73,40 @@ def _progress(message: str) -> None:
     print(f"[tfqnet] {message}", file=sys.stderr, flush=True)
 
 
+def _quiet(message: str) -> None:
+    """The progress of ``--quiet``: none."""
+
+
+#: Set by :func:`main` when the user asked for TensorFlow's log (TF_CPP_MIN_LOG_LEVEL
+#: set before tfqnet ran): it is then left alone.
+_TENSORFLOW_LOG_WANTED = False
+
+
+@contextlib.contextmanager
+def _tensorflow_start_up_silenced():
+    """Points file descriptor 2 at /dev/null while TensorFlow loads (``--keras``).
+
+    Why the descriptor, not the log level: TensorFlow's native libraries write their
+    start-up lines (absl's "All log messages before absl::InitializeLog() is called are
+    written to STDERR", cudart_stub's "Could not find cuda drivers") before any log
+    level applies. Python's own errors are not lost: they are exceptions, reported in
+    one line once stderr is back. Skipped when the user set TF_CPP_MIN_LOG_LEVEL or
+    TensorFlow is loaded already."""
+    if _TENSORFLOW_LOG_WANTED or "tensorflow" in sys.modules:
+        yield
+        return
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def _read_model(path: str):
     """(bytes, FlatbufferModel) of a .tflite file, validated without TensorFlow or
     native code (see tfqnet.micro.model_file), or a one-line usage error."""
@@ -119,8 +155,8 @@ def _sample_bytes(graph, tensors) -> int:
 
 
 def _export_c(args) -> int:
-
     started = time.monotonic()
+    progress = _quiet if args.quiet else _progress
     data, graph = _read_model(args.model)
     try:
         ident = c_arrays.c_identifier(args.name)
@@ -156,12 +192,12 @@ def _export_c(args) -> int:
     except UnsupportedOpError as error:
         _error(f"{args.model}: {error}; it cannot run on TFLite Micro")
         return EXIT_FAILED
-    _progress("aligning the flatbuffer (child process)")
+    progress("aligning the flatbuffer (child process)")
     try:
         aligned = c_arrays.align_flatbuffer(data)
     except InvalidModelFileError as error:
         raise _UsageError(f"{args.model} is not a valid TFLite model: {error}") from None
-    _progress("measuring the tensor arena (TFLM runtime, child process)")
+    progress("measuring the tensor arena (TFLM runtime, child process)")
     try:
         arena = measure_arena(aligned)
     except ArenaProbeError as error:
@@ -178,7 +214,7 @@ def _export_c(args) -> int:
         codes = random_input_codes(micro.inputs, args.count)
     if len(codes) != len(micro.inputs):
         raise _UsageError(f"the model has {len(micro.inputs)} inputs; --inputs gives one")
-    _progress(f"computing {codes[0].shape[0]} golden vector(s) with the TFLM runtime")
+    progress(f"computing {codes[0].shape[0]} golden vector(s) with the TFLM runtime")
     outputs = micro.predict(codes, raw=True)
     outputs = outputs if isinstance(outputs, list) else [outputs]
 
@@ -252,10 +288,10 @@ def _check(args) -> int:
 
     keras_model = None
     if args.keras:
-        if not args.quiet:
-            _progress(f"loading the Keras QAT model {args.keras}")
+        (_quiet if args.quiet else _progress)(f"loading the Keras QAT model {args.keras}")
         try:
-            keras_model = load_keras_model(args.keras)
+            with _tensorflow_start_up_silenced():
+                keras_model = load_keras_model(args.keras)
         except Exception as error:  # any loader failure is a bad input, reported in one line
             from tfqnet.keras3 import written_by_keras3  # lazy: TensorFlow, as load_keras_model
 
@@ -268,7 +304,7 @@ def _check(args) -> int:
     try:
         report = check_model(data, data=samples, keras_model=keras_model,
                              samples=args.samples, min_agreement=args.min_agreement,
-                             progress=None if args.quiet else _progress)
+                             progress=_quiet if args.quiet else _progress)
     except InvalidModelFileError as error:  # found by the native steps (child processes)
         raise _UsageError(f"{args.model} is not a valid TFLite model: {error}") from None
     text = json.dumps(report.to_dict(), indent=2) + "\n"
@@ -286,6 +322,7 @@ def _check(args) -> int:
 
 
 def _compact(args) -> int:
+    progress = _quiet if args.quiet else _progress
     data, _ = _read_model(args.model)
     out = Path(args.output)
     if out.exists() and out.resolve() == Path(args.model).resolve():
@@ -299,7 +336,7 @@ def _compact(args) -> int:
     if not out.resolve().parent.is_dir():
         raise _UsageError(f"{out}: its directory does not exist")
     compacted = compact(data, keep_layer_names=not args.no_layer_names)
-    _progress("comparing both models on the TFLM runtime (child process)")
+    progress("comparing both models on the TFLM runtime (child process)")
     verdict = same_outputs(data, compacted)
     if verdict.same is False:  # a bug in compaction: never write a model that differs
         _error(f"the compacted model's TFLM outputs differ ({verdict.reason}); nothing "
@@ -347,6 +384,7 @@ def _parser() -> argparse.ArgumentParser:
                         "and C++11 alike: .c (c), .cc (c++, the default) or both; the op "
                         "resolver (.h) and the check program (.cc) are C++, as TFLM's API is")
     export.add_argument("--force", action="store_true", help="overwrite existing files")
+    export.add_argument("--quiet", action="store_true", help="no progress on stderr")
     export.set_defaults(run=_export_c)
 
     check = sub.add_parser("check", help="reference kernel checker (TFLM vs TFLite "
@@ -374,6 +412,7 @@ def _parser() -> argparse.ArgumentParser:
     shrink.add_argument("--no-layer-names", action="store_true",
                         help="drop the layer names too (check and export-c then number ops)")
     shrink.add_argument("--force", action="store_true", help="overwrite an existing OUT")
+    shrink.add_argument("--quiet", action="store_true", help="no progress on stderr")
     shrink.set_defaults(run=_compact)
     return parser
 
@@ -407,9 +446,16 @@ def main(argv: list[str] | None = None) -> int:
 
     SIGINT and SIGTERM stop the command cleanly: child processes stopped, temporary
     files removed, exit code 130 (SIGINT) or 143 (SIGTERM)."""
-    # TensorFlow (loaded only for --keras) logs its start-up to stderr, the channel of
-    # tfqnet's progress and one-line errors; keep only its errors.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # TensorFlow (loaded only for --keras) logs to stderr, the channel of tfqnet's
+    # progress and one-line errors; what goes wrong in it reaches tfqnet as an
+    # exception. So its C++ log (read when it loads) keeps fatal errors only and its
+    # Python loggers errors only, unless the user chose a level.
+    global _TENSORFLOW_LOG_WANTED
+    _TENSORFLOW_LOG_WANTED = "TF_CPP_MIN_LOG_LEVEL" in os.environ
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if not _TENSORFLOW_LOG_WANTED:
+        for name in ("tensorflow", "absl", "h5py"):
+            logging.getLogger(name).setLevel(logging.ERROR)
     args = _parser().parse_args(argv)
     with _Terminate() as terminate:
         try:
