@@ -321,3 +321,52 @@ def test_a_set_of_files_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
     _files.write_files_atomic(out, {"a.h": "a3", "c.h": "c3"})
     assert {p.name: p.read_text() for p in out.iterdir()} == {
         "a.h": "a3", "b.h": "b1", "c.h": "c3", "mine.txt": "the user's"}
+
+
+def _doubled_model(middle: L.Layer) -> keras.Model:
+    inputs = keras.Input((8,))
+    return keras.Model(inputs, L.Dense(2, name="out")(middle(L.Dense(4, name="d")(inputs))))
+
+
+def test_lambda_error_offers_what_works_and_skip_of_it_is_refused():
+    """skip=['lam'], which the error offered, failed in tf_keras' safe mode when
+    quantize_model cloned the model. The advice now given, followed: the computation in
+    a Layer subclass, skipped, quantizes, converts and runs on TFLM."""
+    model = _doubled_model(L.Lambda(lambda t: 2.0 * t, name="lam"))
+    with pytest.raises(tfqnet.UnsupportedLayerError) as error:
+        tfqnet.quantize_model(model)
+    message = str(error.value)
+    assert "'lam' (Lambda)" in message and "skip= does not help here" in message
+    assert "To leave it float" not in message
+    assert "into a keras.layers.Layer subclass (then pass skip=['lam']" in message
+    with pytest.raises(tfqnet.UnsupportedLayerError, match="cannot skip layer 'lam' "
+                       r"\(Lambda\): skip= does not help here"):
+        tfqnet.quantize_model(model, skip=["lam"])  # was safe mode's ValueError
+
+    followed = _doubled_model(Doubling(name="lam"))
+    followed.set_weights(model.get_weights())
+    x = np.random.default_rng(0).normal(size=(32, 8)).astype(np.float32)
+    keras.utils.set_random_seed(3)
+    qat = tfqnet.quantize_model(followed, skip=["lam"])
+    qat.compile(keras.optimizers.Adam(1e-3), "mse")
+    qat.fit(x, x[:, :2], epochs=1, batch_size=16, verbose=0)
+    tflite = tfqnet.convert(qat, x)
+    got = tfqnet.run_tflm(tflite, x)
+    assert got.shape == (32, 2) and np.isfinite(got).all() and np.abs(got).max() > 0
+
+
+@pytest.mark.parametrize("layer", [L.LSTM(4, name="rnn"), L.GRU(4, name="rnn"),
+                                   L.Bidirectional(L.SimpleRNN(4), name="rnn")],
+                         ids=["LSTM", "GRU", "Bidirectional"])
+def test_recurrent_layer_error_says_plainly_that_nothing_helps(layer):
+    """skip=['lstm'], which the error offered, failed 40 s later in the conversion
+    (TensorListReserve): no way through tfqnet exists, and the error says so."""
+    inputs = keras.Input((5, 3))
+    model = keras.Model(inputs, L.Dense(2, name="out")(layer(inputs)))
+    with pytest.raises(tfqnet.UnsupportedLayerError) as error:
+        tfqnet.quantize_model(model)
+    message = str(error.value)
+    assert "tfqnet cannot deploy recurrent layers, and skip= does not help" in message
+    assert "pass skip=" not in message and "register_layer_config" not in message
+    with pytest.raises(tfqnet.UnsupportedLayerError, match="cannot skip layer 'rnn'"):
+        tfqnet.quantize_model(model, skip=["rnn"])  # at once, not after a conversion

@@ -17,7 +17,12 @@ from tfqnet.core.policy import check_policy, policy_layers
 from tfqnet.errors import UnsupportedLayerError
 from tfqnet.keras3 import as_tf_keras_model
 from tfqnet.layers import PIXEL_EMBEDDING_OPTIONS, add_pixel_embedding
-from tfqnet.quantize.registry import QuantizeRegistry, check_overrides, unsupported_reason
+from tfqnet.quantize.registry import (
+    QuantizeRegistry,
+    check_overrides,
+    skip_refused,
+    unsupported_reason,
+)
 from tfqnet.quantize.scheme import QuantizeScheme
 from tfqnet.quantize.transforms import InputQuantizeLayer
 
@@ -48,16 +53,23 @@ def _folded_batch_norms(model: keras.Model) -> set[str]:
 def _check_layers(model: keras.Model, skip: set[str]) -> None:
     folded = _folded_batch_norms(model)
     for layer in model.layers:
+        if layer.name in skip and skip_refused(layer):  # it would fail later, or slowly
+            raise UnsupportedLayerError(
+                f"cannot skip layer {layer.name!r} ({type(layer).__name__}): "
+                f"{skip_refused(layer)}.")
         if layer.name in skip or layer.name in folded:
             continue
         reason = unsupported_reason(layer)
-        if reason is not None:
-            raise UnsupportedLayerError(
-                f"cannot quantize layer {layer.name!r} ({type(layer).__name__}): {reason}. "
-                f"To leave it float during training, pass skip=[{layer.name!r}] to "
-                "quantize_model (tfqnet.convert then quantizes it to int8 post-training), "
-                "or replace it with a supported layer."
-            )
+        if reason is None:
+            continue
+        # the way forward offered is one that works for this kind of layer
+        way = skip_refused(layer) or (
+            f"To leave it float during training, pass skip=[{layer.name!r}] to "
+            "quantize_model (tfqnet.convert then quantizes it to int8 post-training), "
+            "or replace it with a supported layer")
+        raise UnsupportedLayerError(
+            f"cannot quantize layer {layer.name!r} ({type(layer).__name__}): {reason}. "
+            f"{way}.")
 
 
 def _inbound_layers(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
@@ -139,7 +151,8 @@ def quantize_model(
         smaller (``compress="auto"``).
       activation_bits: activation bits, 2..8 (deployed in int8 tensors on the same grid).
       skip: names of layers to leave float during QAT (converted post-training to int8),
-        e.g. ``["conv1"]``; None: no layers.
+        e.g. ``["conv1"]``; None: no layers. A Lambda or recurrent layer cannot be
+        skipped (UnsupportedLayerError says why and what works instead).
       overrides: per-layer bits, ``{layer name: {"weight_bits": b, "activation_bits":
         b}}`` (either key or both), e.g. ``{"conv2d": {"weight_bits": 8}}``; they win over
         the policy. None: no overrides.

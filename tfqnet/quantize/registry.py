@@ -70,6 +70,27 @@ def unsupported_reason(layer: keras.layers.Layer) -> str | None:
     return f"tfqnet has no quantization rule for {type(layer).__name__} layers"
 
 
+def skip_refused(layer: keras.layers.Layer) -> str | None:
+    """Why ``skip=[layer.name]`` would not get ``layer`` to a flatbuffer either, and
+    what does (None when leaving it float and quantizing it post-training works)."""
+    if isinstance(layer, L.Lambda):
+        return (
+            "skip= does not help here: quantize_model clones the model, and tf_keras' safe "
+            "mode refuses to rebuild a Lambda's Python function. Move the computation into "
+            "a keras.layers.Layer subclass (then pass skip=["
+            f"{layer.name!r}], or give it a rule with "
+            "tfqnet.core.layer_kinds.register_layer_config) or into built-in layers"
+        )
+    if isinstance(layer, L.RNN | L.Bidirectional):
+        return (
+            "tfqnet cannot deploy recurrent layers, and skip= does not help: TFLite "
+            "converts them to TensorList ops (TensorListReserve) that its int8 conversion "
+            "and TFLite Micro do not support. Replace it, e.g. with Conv1D layers over "
+            "the time axis"
+        )
+    return None
+
+
 #: the keys of one layer's entry in ``quantize_model(overrides=...)``
 OVERRIDE_KEYS = ("weight_bits", "activation_bits")
 _OVERRIDES_FORM = "{'conv1': {'weight_bits': 8}} (keys: weight_bits, activation_bits)"
