@@ -17,12 +17,13 @@ import copy
 import logging
 import statistics
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 
 import numpy as np
 import tensorflow_model_optimization as tfmot
 
 from tfqnet._keras import keras, tf
+from tfqnet.core.policy import policy_layers
 
 _tfmot_q = tfmot.quantization.keras
 #: samples the converter calibrates with (tfqnet.convert uses the same number)
@@ -65,22 +66,32 @@ def tfmot_default(model: keras.Model) -> keras.Model:
     return _tfmot_q.quantize_model(model)
 
 
+def policy_bits(model: keras.Model, policy: str | None = "auto",
+                weight_bits: int = 2) -> dict[str, int]:
+    """``{layer: weight bits}`` of the layers tfqnet's layer policy widens, so that
+    TFMOT's rows get the same policy as tfqnet's."""
+    return {name: layer.weight_bits
+            for name, layer in policy_layers(model, policy, weight_bits).items()}
+
+
 def tfmot_n_bit(model: keras.Model, weight_bits: int = 4, activation_bits: int = 8,
-                keep_8_bit: Iterable[str] = ()) -> keras.Model:
+                keep_8_bit: Iterable[str] | Mapping[str, int] = ()) -> keras.Model:
     """TFMOT's experimental n-bit QAT scheme (weights/activations at the given bits).
 
     Weights of <= 4 bits convert to packed INT4; 4-bit activations do not convert
     (the TFLite kernels take int8 activations only). ``keep_8_bit``: layers whose
     kernels get 8 bits instead (a layer policy; TFMOT has none): their wrappers get
     8-bit copies of their kernel quantizers before the first trace
-    (``LastValueQuantizer`` reads ``num_bits`` when called).
+    (``LastValueQuantizer`` reads ``num_bits`` when called); a mapping
+    ``{layer: bits}`` gives each its own width.
     """
     scheme = _tfmot_q.experimental.default_n_bit.DefaultNBitQuantizeScheme(
         num_bits_weight=weight_bits, num_bits_activation=activation_bits
     )
     annotated = _tfmot_q.quantize_annotate_model(model)
     qat = _tfmot_q.quantize_apply(annotated, scheme)
-    keep = set(keep_8_bit)
+    widths = dict(keep_8_bit) if isinstance(keep_8_bit, Mapping) else dict.fromkeys(keep_8_bit, 8)
+    keep = set(widths)
     found = set()
     for layer in qat.layers:
         inner = getattr(layer, "layer", None)
@@ -90,7 +101,7 @@ def tfmot_n_bit(model: keras.Model, weight_bits: int = 4, activation_bits: int =
             widened = []
             for weight, quantizer, variables in getattr(layer, "_weight_vars", ()):
                 quantizer = copy.copy(quantizer)
-                quantizer.num_bits = 8
+                quantizer.num_bits = widths[inner.name]
                 widened.append((weight, quantizer, variables))
                 found.add(inner.name)
             layer._weight_vars = widened
@@ -155,15 +166,17 @@ def _fold_bn1(model: keras.Model) -> keras.Model:
     return result
 
 
-def tfmot_ternary(model: keras.Model, keep_8_bit: Iterable[str] = ()) -> keras.Model:
+def tfmot_ternary(model: keras.Model,
+                  keep_8_bit: Iterable[str] | Mapping[str, int] = ()) -> keras.Model:
     """TFMOT straight-through ternary QAT model of the digits CNN (``conv1``/``bn1``);
-    the layers in ``keep_8_bit`` (a layer policy) get 8-bit kernels."""
+    the layers in ``keep_8_bit`` (a layer policy) get 8-bit kernels, or their own
+    widths if it maps layers to bits."""
     model = _fold_bn1(model)
-    keep = set(keep_8_bit)
+    widths = dict(keep_8_bit) if isinstance(keep_8_bit, Mapping) else dict.fromkeys(keep_8_bit, 8)
 
     def annotate(layer):
         if isinstance(layer, keras.layers.Conv2D | keras.layers.Dense):
-            bits = 8 if layer.name in keep else 2
+            bits = widths.get(layer.name, 2)
             return _tfmot_q.quantize_annotate_layer(layer, _TernaryConfig(bits=bits))
         if isinstance(layer, keras.layers.InputLayer):
             return layer

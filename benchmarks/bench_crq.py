@@ -32,10 +32,9 @@ import warnings
 import numpy as np
 
 import tfqnet
-from benchmarks.baselines import tfmot_ternary
+from benchmarks.baselines import policy_bits, tfmot_ternary
 from benchmarks.report import markdown_table, verdict, write_section
 from tfqnet._keras import keras
-from tfqnet.core.policy import policy_layers
 from tfqnet.datasets import load_digits
 from tfqnet.export.compression import compress_ternary, stored_weight_bytes
 from tfqnet.models import compile_classifier, digits_cnn
@@ -77,7 +76,7 @@ def run_seed(data, seed: int, float_epochs: int, epochs: int) -> dict:
     result = {"float": _accuracy(model.predict(data.x_test, verbose=0), data.y_test)}
     for name, options in ROWS.items():
         keras.utils.set_random_seed(seed + 1)
-        qat = tfmot_ternary(model, keep_8_bit=policy_layers(model, "auto", 2)) if (
+        qat = tfmot_ternary(model, keep_8_bit=policy_bits(model)) if (
             options is None) else tfqnet.quantize_model(
             model, activation_bits=8, **options
         )

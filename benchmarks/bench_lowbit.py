@@ -14,8 +14,8 @@ Each row re-trains a copy of the seed's float model for ``--epochs`` epochs (Ada
 5e-4, batch 32, seed ``seed + 1``) at ternary weights and 8-bit activations, converts
 it the default way (``tfqnet.convert``: ``compress="auto"``) and runs it on the TFLM
 runtime. Rows differ in the layer policy (``quantize_model(..., policy=...)``: none,
-the first/last layer at 8 bits, that plus depthwise kernels at 8 bits: the default,
-chosen by these rows' validation accuracy), in ``hard_fraction`` and in the loss
+the first/last layer at 8 bits, that plus depthwise kernels at 8 or at 4 bits: the
+default, chosen by these rows' validation accuracy), in ``hard_fraction`` and in the loss
 (``+ KD``: :class:`tfqnet.DistillationLoss` from the float model's logits, T = 4,
 alpha = 0.9). TFMOT's straight-through ternary (its n-bit scheme at W2A8, the suite's
 baseline) runs with the same policies (:func:`benchmarks.baselines.tfmot_n_bit`), for
@@ -37,12 +37,11 @@ import warnings
 import numpy as np
 
 import tfqnet
-from benchmarks.baselines import tfmot_n_bit
+from benchmarks.baselines import policy_bits, tfmot_n_bit
 from benchmarks.report import markdown_table, verdict, write_section
 from benchmarks.rows import BATCH, QAT_LR, accuracy, weight_bytes
 from benchmarks.tasks import hard_task, mobilenet_task
 from tfqnet._keras import keras
-from tfqnet.core.policy import policy_layers
 from tfqnet.models import compile_classifier
 
 FLOAT_EPOCHS = 12
@@ -52,32 +51,47 @@ KD = {"temperature": 4.0, "alpha": 0.9}
 
 #: row -> (method or "tfmot", quantize_model options, distillation). Options are
 #: spelled out, so a row keeps measuring the same thing when a default changes; the
-#: rows marked "(default)" are today's defaults.
+#: rows marked "(default)" are today's defaults. "depthwise_bits": every
+#: DepthwiseConv2D at that width, on top of the policy.
 _QN_SOFT = {"hard_fraction": 0.5}  # qn's default until the depthwise policy was measured
 _CRQ_SOFT = {"hard_fraction": 0.25}  # crq's, likewise
-_FL, _FLD = {"policy": "first_last"}, {"policy": "first_last_depthwise"}
+_HARD = {"hard_fraction": 1.0}
+_FL = {"policy": "first_last"}
+_FLD8 = {**_FL, "depthwise_bits": 8}
+_FLD4 = {**_FL, "depthwise_bits": 4}  # what "auto" means below 4 bits
 ROWS: dict[str, tuple[str, dict, bool]] = {
     "qn ternary, no policy, hard_fraction 0.5": ("qn", {"policy": None, **_QN_SOFT}, False),
     "qn ternary, first/last 8-bit, hard_fraction 0.5": ("qn", {**_FL, **_QN_SOFT}, False),
     "qn ternary, first/last + depthwise 8-bit, hard_fraction 0.5": (
-        "qn", {**_FLD, **_QN_SOFT}, False),
+        "qn", {**_FLD8, **_QN_SOFT}, False),
     "qn ternary, first/last, hard_fraction 0.5 + KD": ("qn", {**_FL, **_QN_SOFT}, True),
-    "qn ternary, first/last + depthwise, hard_fraction 0.5 + KD": (
-        "qn", {**_FLD, **_QN_SOFT}, True),
-    "qn ternary, first/last + depthwise, hard_fraction 1 (default)": ("qn", {}, False),
-    "qn ternary, first/last + depthwise, hard_fraction 1 + KD": ("qn", {}, True),
+    "qn ternary, first/last + depthwise 8-bit, hard_fraction 0.5 + KD": (
+        "qn", {**_FLD8, **_QN_SOFT}, True),
+    "qn ternary, first/last + depthwise 8-bit, hard_fraction 1": (
+        "qn", {**_FLD8, **_HARD}, False),
+    "qn ternary, first/last + depthwise 8-bit, hard_fraction 1 + KD": (
+        "qn", {**_FLD8, **_HARD}, True),
+    "qn ternary, first/last 8-bit + depthwise 4-bit, hard_fraction 1 (default)": (
+        "qn", {**_FLD4, **_HARD}, False),
+    "qn ternary, first/last 8-bit + depthwise 4-bit, hard_fraction 1 + KD": (
+        "qn", {**_FLD4, **_HARD}, True),
     "crq ternary, no policy, hard_fraction 0.25": ("crq", {"policy": None, **_CRQ_SOFT}, False),
     "crq ternary, first/last 8-bit, hard_fraction 0.25": ("crq", {**_FL, **_CRQ_SOFT}, False),
     "crq ternary, first/last + depthwise 8-bit, hard_fraction 0.25": (
-        "crq", {**_FLD, **_CRQ_SOFT}, False),
+        "crq", {**_FLD8, **_CRQ_SOFT}, False),
     "crq ternary, first/last, hard_fraction 0.25 + KD": ("crq", {**_FL, **_CRQ_SOFT}, True),
-    "crq ternary, first/last + depthwise, hard_fraction 0.25 + KD": (
-        "crq", {**_FLD, **_CRQ_SOFT}, True),
-    "crq ternary, first/last + depthwise, hard_fraction 1 (default)": ("crq", {}, False),
-    "crq ternary, first/last + depthwise, hard_fraction 1 + KD": ("crq", {}, True),
+    "crq ternary, first/last + depthwise 8-bit, hard_fraction 0.25 + KD": (
+        "crq", {**_FLD8, **_CRQ_SOFT}, True),
+    "crq ternary, first/last + depthwise 8-bit, hard_fraction 1": (
+        "crq", {**_FLD8, **_HARD}, False),
+    "crq ternary, first/last + depthwise 8-bit, hard_fraction 1 + KD": (
+        "crq", {**_FLD8, **_HARD}, True),
+    "crq ternary, first/last 8-bit + depthwise 4-bit, hard_fraction 1 (default)": (
+        "crq", {**_FLD4, **_HARD}, False),
     "TFMOT STE ternary, no policy": ("tfmot", {"policy": None}, False),
     "TFMOT STE ternary, first/last 8-bit": ("tfmot", _FL, False),
-    "TFMOT STE ternary, first/last + depthwise 8-bit": ("tfmot", {}, False),
+    "TFMOT STE ternary, first/last + depthwise 8-bit": ("tfmot", _FLD8, False),
+    "TFMOT STE ternary, first/last 8-bit + depthwise 4-bit": ("tfmot", _FLD4, False),
 }
 
 
@@ -90,12 +104,18 @@ def split(task):
 
 def run_row(name: str, float_model: keras.Model, data, seed: int, epochs: int) -> dict:
     method, options, distill = ROWS[name]
+    options = dict(options)
+    depthwise_bits = options.pop("depthwise_bits", None)
+    depthwise = {layer.name: depthwise_bits for layer in float_model.layers
+                 if depthwise_bits and isinstance(layer, keras.layers.DepthwiseConv2D)}
     x_fit, y_fit, x_val, y_val, x_test, y_test = data
     keras.utils.set_random_seed(seed + 1)
     if method == "tfmot":
-        keep = policy_layers(float_model, options.get("policy", "auto"), 2)
-        qat = tfmot_n_bit(float_model, 2, 8, keep_8_bit=keep)
+        keep = policy_bits(float_model, options.get("policy", "auto"))
+        qat = tfmot_n_bit(float_model, 2, 8, keep_8_bit={**keep, **depthwise})
     else:
+        if depthwise:
+            options["overrides"] = {n: {"weight_bits": b} for n, b in depthwise.items()}
         qat = tfqnet.quantize_model(float_model, method, 2, 8, **options)
     callbacks = [] if method == "tfmot" else tfqnet.callbacks(qat, epochs)
     if distill:

@@ -44,11 +44,10 @@ import time
 import numpy as np
 
 import tfqnet
-from benchmarks.baselines import tfmot_n_bit, tfmot_ternary
+from benchmarks.baselines import policy_bits, tfmot_n_bit, tfmot_ternary
 from benchmarks.report import markdown_table, verdict, write_section
 from benchmarks.rows import step_time_samples
 from tfqnet._keras import keras
-from tfqnet.core.policy import policy_layers
 from tfqnet.datasets import load_digits
 from tfqnet.models import compile_classifier, digits_cnn
 from tfqnet.quantizers.qn import HARD_FRACTION
@@ -68,10 +67,10 @@ QN_ROWS = {
 }
 
 
-def _policy(model) -> list[str]:
-    """The layers tfqnet's default policy keeps at 8 bits below 4-bit weights: TFMOT's
-    rows get them too, so the rows compare like with like."""
-    return list(policy_layers(model, "auto", 2))
+def _policy(model) -> dict[str, int]:
+    """The layers tfqnet's default policy widens below 4-bit weights: TFMOT's rows get
+    them too, so the rows compare like with like."""
+    return policy_bits(model)
 
 
 TFMOT_ROWS = {

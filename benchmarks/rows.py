@@ -39,10 +39,15 @@ from typing import Any
 import numpy as np
 
 import tfqnet
-from benchmarks.baselines import tflite_float, tflite_int8, tfmot_default, tfmot_n_bit
+from benchmarks.baselines import (
+    policy_bits,
+    tflite_float,
+    tflite_int8,
+    tfmot_default,
+    tfmot_n_bit,
+)
 from benchmarks.tasks import PIXEL_SCALE, Task
 from tfqnet._keras import keras
-from tfqnet.core.policy import policy_layers
 from tfqnet.export.compression import stored_weight_bytes
 from tfqnet.export.flatbuffer import flash_breakdown
 from tfqnet.micro.arena import measure_arena
@@ -317,7 +322,7 @@ def all_rows() -> list[Row]:
         qat_row("TFMOT n-bit W4A4", "", lambda ctx: tfmot_n_bit(ctx.float_model, 4, 4),
                 _tfmot_convert, tfqnet_row=False),
         qat_row("TFMOT n-bit W2A8 (straight-through ternary)", "",
-                lambda ctx: tfmot_n_bit(ctx.float_model, 2, 8, keep_8_bit=policy_layers(
+                lambda ctx: tfmot_n_bit(ctx.float_model, 2, 8, keep_8_bit=policy_bits(
                     ctx.float_model, "auto", 2)), _tfmot_convert, tfqnet_row=False),
         qat_row("tfqnet uniform W8A8", "#2", _tfqnet("uniform", 8), _tfqnet_convert),
         qat_row("tfqnet uniform W4A8", "#2", _tfqnet("uniform", 4), _tfqnet_convert),

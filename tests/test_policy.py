@@ -57,9 +57,12 @@ def test_depthwise_policy_and_unknown_policy():
     outputs = L.Dense(4, name="head")(L.GlobalAveragePooling2D()(x))
     model = keras.Model(inputs, outputs)
     bits = _bits(tfqnet.quantize_model(model, "uniform", 2, policy="first_last_depthwise"))
-    assert bits == {"stem": (8, "policy: first weighted layer"), "dw": (8, "policy: depthwise"),
+    assert bits == {"stem": (8, "policy: first weighted layer"), "dw": (4, "policy: depthwise"),
                     "pw": (2, "default"), "head": (8, "policy: last weighted layer")}
     assert _bits(tfqnet.quantize_model(model, "uniform", 2)) == bits  # "auto" below 4 bits
+    # a policy widens, never narrows
+    wide = _bits(tfqnet.quantize_model(model, "uniform", 6, policy="first_last_depthwise"))
+    assert wide["dw"] == (6, "policy: depthwise") and wide["stem"][0] == 8
     assert _bits(tfqnet.quantize_model(model, "uniform", 4))["dw"] == (4, "default")
     assert _bits(tfqnet.quantize_model(model, "uniform", 2, policy="first_last"))["dw"] == (
         2, "default")

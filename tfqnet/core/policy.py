@@ -3,9 +3,12 @@
 At 2-3 bits a few layers carry most of the accuracy loss: the first weighted layer
 (few input channels, the raw signal), the last (the logits) and, on MobileNet-style
 models, depthwise kernels (9 weights per output channel). A policy names them, and
-:func:`tfqnet.quantize_model` gives them ``POLICY_WEIGHT_BITS``-bit weights unless
-``overrides`` says otherwise (a microcontroller has no float, so the papers' float
-first and last layers become 8-bit ones). Activations keep the model's bits.
+:func:`tfqnet.quantize_model` gives the first and the last ``POLICY_WEIGHT_BITS``-bit
+weights (a microcontroller has no float, so the papers' float first and last layers
+become 8-bit ones) and depthwise kernels ``DEPTHWISE_POLICY_BITS``-bit weights (as
+accurate as 8 bits on the validation split, at half the bytes, ``docs/defaults.md``),
+unless ``overrides`` says otherwise. A policy never narrows a layer below the model's
+weight bits. Activations keep the model's bits.
 
 Policies (``quantize_model(..., policy=...)``):
 
@@ -19,13 +22,17 @@ Policies (``quantize_model(..., policy=...)``):
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from tfqnet._keras import keras
 from tfqnet.core.layer_kinds import WEIGHTED_LAYERS
 
 L = keras.layers
 
-#: weight bits of a layer a policy keeps wider
+#: weight bits of the first and the last weighted layer a policy keeps wider
 POLICY_WEIGHT_BITS = 8
+#: weight bits of the DepthwiseConv2D kernels "first_last_depthwise" keeps wider
+DEPTHWISE_POLICY_BITS = 4
 #: "auto" applies "first_last_depthwise" to models with fewer weight bits than this
 LOW_BITS = 4
 POLICIES = ("auto", "first_last", "first_last_depthwise", "none")
@@ -48,18 +55,30 @@ def resolved_policy(policy: str | None, weight_bits: int) -> str:
     return policy
 
 
-def policy_layers(model: keras.Model, policy: str | None, weight_bits: int) -> dict[str, str]:
-    """``{layer name: why}`` of the weighted layers ``policy`` keeps at
-    ``POLICY_WEIGHT_BITS`` bits, for a model whose weights get ``weight_bits``."""
+class PolicyLayer(NamedTuple):
+    """A layer a policy widens: its weight bits, and why (shown by bit_width_report)."""
+
+    weight_bits: int
+    why: str
+
+
+def policy_layers(
+    model: keras.Model, policy: str | None, weight_bits: int
+) -> dict[str, PolicyLayer]:
+    """``{layer name: PolicyLayer}`` of the weighted layers ``policy`` keeps wider, for
+    a model whose weights get ``weight_bits`` (never fewer than those)."""
     policy = resolved_policy(policy, weight_bits)
     weighted = [layer for layer in model.layers if type(layer) in WEIGHTED_LAYERS]
     if policy == "none" or not weighted:
         return {}
-    found: dict[str, str] = {}
+    found: dict[str, PolicyLayer] = {}
     if policy == "first_last_depthwise":
         for layer in weighted:
             if isinstance(layer, L.DepthwiseConv2D):
-                found[layer.name] = "policy: depthwise"
-    found[weighted[-1].name] = "policy: last weighted layer"
-    found[weighted[0].name] = "policy: first weighted layer"
+                found[layer.name] = PolicyLayer(
+                    max(DEPTHWISE_POLICY_BITS, weight_bits), "policy: depthwise"
+                )
+    ends = max(POLICY_WEIGHT_BITS, weight_bits)
+    found[weighted[-1].name] = PolicyLayer(ends, "policy: last weighted layer")
+    found[weighted[0].name] = PolicyLayer(ends, "policy: first weighted layer")
     return found

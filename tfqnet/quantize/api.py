@@ -156,8 +156,8 @@ def quantize_model(
       overrides: per-layer bits, ``{layer name: {"weight_bits": b, "activation_bits":
         b}}`` (either key or both), e.g. ``{"conv2d": {"weight_bits": 8}}``; they win over
         the policy. None: no overrides.
-      policy: which layers keep 8-bit weights (:mod:`tfqnet.core.policy`): ``"auto"``
-        (the first and the last weighted layer and depthwise kernels when
+      policy: which layers keep wider weights (:mod:`tfqnet.core.policy`): ``"auto"``
+        (the first and the last weighted layer at 8 bits and depthwise kernels at 4 when
         ``weight_bits < 4``),
         ``"first_last"``, ``"first_last_depthwise"``, or ``"none"``/None.
         ``tfqnet.bit_width_report`` shows what set each layer's bits.

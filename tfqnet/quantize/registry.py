@@ -21,7 +21,7 @@ from tfqnet.core.layer_kinds import (
     relu_kind,
 )
 from tfqnet.core.method import QuantizationMethod
-from tfqnet.core.policy import POLICY_WEIGHT_BITS
+from tfqnet.core.policy import PolicyLayer
 
 L = keras.layers
 
@@ -136,9 +136,9 @@ class QuantizeRegistry(tfmot.quantization.keras.QuantizeRegistry):
     """Maps each supported layer to a :class:`LayerQuantizeConfig` of ``method``.
 
     Bits come from ``weight_bits``/``activation_bits``, except that layers named in
-    ``overrides`` use theirs, layers named in ``policy`` (``{name: why}``, from
-    :func:`tfqnet.core.policy.policy_layers`) get ``POLICY_WEIGHT_BITS``-bit weights
-    unless overridden, and the model's output layers keep 8-bit outputs (the logits a
+    ``overrides`` use theirs, layers named in ``policy`` (from
+    :func:`tfqnet.core.policy.policy_layers`) get the policy's weight bits unless
+    overridden, and the model's output layers keep 8-bit outputs (the logits a
     user reads should not lose resolution to a low-bit activation grid).
     Dense and Conv1D kernels are quantized per tensor (see ``PER_TENSOR_LAYERS``;
     Dense per channel if ``method.per_channel_dense``), Conv2D and DepthwiseConv2D
@@ -153,7 +153,7 @@ class QuantizeRegistry(tfmot.quantization.keras.QuantizeRegistry):
         overrides: Mapping[str, Mapping[str, int]] | None = None,
         output_layers: frozenset[str] = frozenset(),
         no_output_grid: frozenset[str] = frozenset(),
-        policy: Mapping[str, str] | None = None,
+        policy: Mapping[str, PolicyLayer] | None = None,
     ):
         self.method = method
         self.default_bits = LayerBits(weight_bits, activation_bits)
@@ -167,11 +167,11 @@ class QuantizeRegistry(tfmot.quantization.keras.QuantizeRegistry):
         "default"."""
         if "weight_bits" in self.overrides.get(layer_name, {}):
             return "override"
-        return self.policy.get(layer_name, "default")
+        return self.policy[layer_name].why if layer_name in self.policy else "default"
 
     def bits_for(self, layer_name: str) -> LayerBits:
         override = self.overrides.get(layer_name, {})
-        weight_default = POLICY_WEIGHT_BITS if layer_name in self.policy else (
+        weight_default = self.policy[layer_name].weight_bits if layer_name in self.policy else (
             self.default_bits.weight_bits
         )
         activation_default = 8 if layer_name in self.output_layers else (
