@@ -14,13 +14,14 @@ import pytest
 import tfqnet
 from tests.micro_helpers import digits_qat_and_tflite, unsupported_op_tflite
 from tfqnet._keras import keras, tf
-from tfqnet.export.flatbuffer import FlatbufferModel
+from tfqnet.export.flatbuffer import FlatbufferModel, element_count
 from tfqnet.layers import PixelEmbedding
 from tfqnet.micro.arena import measure_arena, with_margin
 from tfqnet.micro.arena_model import KERNEL_SETS, board_arenas, derive_arena, unmodelled_ops
 from tfqnet.micro.c_arrays import align_flatbuffer
 from tfqnet.micro.check_report import CheckReport
 from tfqnet.micro.cmsis_nn_buffers import Window, avgpool_buffer, depthwise_buffer
+from tfqnet.micro.kernel_plans import ABIS, cmsis_plan
 from tfqnet.models import compile_classifier, mobilenet_v2_tiny
 
 #: arena_used_bytes() on the boards (tflm-facts.md): model -> kernel set -> bytes
@@ -32,9 +33,13 @@ MEASURED_CORTEX_M = {
 BOARD_SLACK = 12
 #: derived minus measured host minimum where it is not 0 (bytes; arena_model's docstring
 #: says why): the int32 ADD and float CONCATENATION Prepare peaks are modelled a little
-#: high, the MobileNet's per-channel FULLY_CONNECTED after MEAN likewise
+#: high, the MobileNet's per-channel FULLY_CONNECTED after MEAN likewise. The two
+#: compressed models: the replay allocates in exactly the measured size, but the tail's
+#: alignment depends on the arena size mod 16 and the derived minimum is floored at
+#: ``used`` rounded up to 16 (as on the boards), 8 bytes above.
 HOST_OFFSETS = {"mobilenet_v2_tiny": (0, 8, 16), "pixel-embedding-gather": (-8, 0, 8),
-                "concat-float": (24,)}
+                "concat-float": (24,), "ternary-decode-conv-fc": (8,),
+                "ternary-mobilenet_v2_tiny": (8,)}
 
 
 def _graph(flatbuffer: bytes) -> tuple[bytes, FlatbufferModel]:
@@ -98,6 +103,7 @@ def host_models(digits_models):
     models["mobilenet_v2_tiny"] = align_flatbuffer(_tiny(mobilenet_v2_tiny(), (16, 16, 1), 3))
     models.update(_qat_models())
     models.update(_function_models())
+    models.update(_compressed_models())
     return {name: (FlatbufferModel.from_bytes(m), measure_arena(m).minimum)
             for name, m in models.items()}
 
@@ -144,6 +150,35 @@ def _qat_models() -> dict[str, bytes]:
         "two-in-two-out-concat": _qat_fit_convert(
             multi, [rng.random((16, 6), dtype=np.float32),
                     rng.random((16, 4), dtype=np.float32)]),
+    }
+
+
+def _ternary_fit_convert(model, xs, **options) -> bytes:
+    qat = tfqnet.quantize_model(model, "crq", 2, 8)
+    qat.compile("adam", "mse")
+    qat.fit(xs, np.zeros((len(xs), *model.output_shape[1:]), np.float32), epochs=1,
+            batch_size=16, verbose=0, callbacks=tfqnet.callbacks(qat, 1))
+    with pytest.warns(UserWarning, match="TFLM_DECODE"):
+        return align_flatbuffer(tfqnet.convert(qat, xs[:16], **options))
+
+
+def _compressed_models() -> dict[str, bytes]:
+    """Ternary (CRQ, 2-bit) exports whose kernels tfqnet.convert stores as TFLM_DECODE
+    lookup-table indices: two per-channel 3x3 convolutions and two Dense layers with
+    compression forced (two decode ops sharing one ancillary tensor: a per-channel
+    convolution filter and a FULLY_CONNECTED one), and the benchmarks' MobileNetV2 with
+    the default ``compress="auto"``."""
+    L, rng = keras.layers, np.random.default_rng(0)
+    keras.utils.set_random_seed(0)
+    image = keras.Input((12, 12, 8))
+    x = L.Conv2D(48, 3, padding="same", activation="relu")(image)
+    x = L.Conv2D(48, 3, padding="same", activation="relu")(x)
+    convs = keras.Model(image, L.Dense(4)(L.Dense(32)(L.Flatten()(L.MaxPooling2D()(x)))))
+    return {
+        "ternary-decode-conv-fc": _ternary_fit_convert(
+            convs, rng.random((16, 12, 12, 8), dtype=np.float32), compress=True),
+        "ternary-mobilenet_v2_tiny": _ternary_fit_convert(
+            mobilenet_v2_tiny(), rng.random((16, 16, 16, 1), dtype=np.float32)),
     }
 
 
@@ -232,12 +267,44 @@ def test_cmsis_nn_depthwise_and_average_pool_buffers():
     assert avgpool_buffer(valid5x5, mve=True) == 0
 
 
-def test_a_compressed_model_gets_no_figure(host_models):
-    """TFLM_DECODE's DecodeState objects are not modelled (and the Cortex-M build
-    measured has no compression compiled in)."""
-    graph = copy.copy(host_models["fc-fc-fc"][0])
-    graph.operators = [dataclasses.replace(graph.operators[0], name="TFLM_DECODE"),
-                       *graph.operators[1:]]
+def test_compressed_models_get_a_figure_for_every_kernel_set(host_models):
+    """TFLM_DECODE: the decoded int8 weights are planned in the head (alive from the
+    decode op to its consumer), its DecodeState pointers and DecodeStateLut objects sit
+    in the tail; the host figure is checked against the TFLM runtime by
+    test_host_derivation_equals_the_tflm_runtimes_minimum."""
+    for name in ("ternary-decode-conv-fc", "ternary-mobilenet_v2_tiny"):
+        graph, measured = host_models[name]
+        decodes = [op for op in graph.operators if op.name == "TFLM_DECODE"]
+        assert decodes, name
+        decoded = max(element_count(graph.tensors[op.outputs[0]].shape) for op in decodes)
+        host = derive_arena(graph, "reference", "host64")
+        assert host.head >= decoded and measured > decoded
+        arenas = board_arenas(graph)
+        assert set(arenas) == {k.key for k in KERNEL_SETS}, name
+        assert all(e.head >= decoded for e in arenas.values())
+    graph, _ = host_models["ternary-decode-conv-fc"]
+    assert len(_ancillary(graph)) == 1  # both decode ops read one ancillary tensor
+    # the exact figures, pinned: every allocation is a replay of the sources
+    assert {k: e.used for k, e in board_arenas(graph).items()} == {
+        "reference": 59092, "cmsis_nn": 59172, "cmsis_nn_mve": 59316}
+    # CMSIS-NN MVE computes a constant filter's kernel sums in Prepare; a decoded filter
+    # has no data then, so FULLY_CONNECTED asks for them as scratch (4 bytes a unit)
+    fc1 = next(op for op in graph.operators if op.name == "FULLY_CONNECTED")
+    assert not graph.tensors[fc1.inputs[1]].is_constant
+    assert cmsis_plan(graph, fc1, ABIS["cortex_m32"], mve=True).scratch == [4 * 32]
+    assert cmsis_plan(graph, fc1, ABIS["cortex_m32"], mve=False).scratch == []
+
+
+def _ancillary(graph: FlatbufferModel) -> set[int]:
+    return {op.inputs[1] for op in graph.operators if op.name == "TFLM_DECODE"}
+
+
+def test_a_decode_type_other_than_lut_gets_no_figure(host_models):
+    graph = copy.copy(host_models["ternary-decode-conv-fc"][0])
+    graph.buffers = list(graph.buffers)
+    (index,) = _ancillary(graph)
+    ancillary = graph.tensor_buffers[index]
+    graph.buffers[ancillary] = bytes([2]) + graph.buffers[ancillary][1:]  # kDcmTypePrune
     assert derive_arena(graph, "reference", "host64") is None
     assert board_arenas(graph) == {}
     assert unmodelled_ops(graph, "cmsis_nn") == ["TFLM_DECODE"]

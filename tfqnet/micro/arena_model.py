@@ -47,15 +47,28 @@ Differences from the measured figures, and why (tests/test_arena_model.py):
   off on a few: 8 or 16 bytes above for per-channel FULLY_CONNECTED filters (the
   converter's default for Dense, not TFMOT's) and int32 ADD, 24 above for float
   CONCATENATION, 8 below to 8 above for the raw-pixel GATHER graph: their Prepare peaks
-  differ from the temporaries modelled by less than an alignment step. Always within
-  the 5% margin.
+  differ from the temporaries modelled by less than an alignment step; and 8 above for
+  the two ternary TFLM_DECODE models (a small conv/Dense one and MobileNetV2), where the
+  replay fits in exactly the measured size but ``minimum`` is floored at ``used``
+  rounded up to 16 (the tail's alignment depends on the arena size mod 16). Always
+  within the 5% margin.
 * CMSIS-NN figures beyond the digits example (depthwise, average pool, softmax) are
   derived from CMSIS-NN's buffer-size functions and TFLM's cmsis_nn Prepare functions,
   not measured on a board.
+* TFLM_DECODE (compressed weights, :func:`tfqnet.micro.kernel_plans.decode_plan`): its
+  DecodeState pointers and DecodeStateLut objects in the tail, the decoded int8 weights
+  planned in the head like activations. The host figure is checked against the TFLM
+  runtime (which has compression compiled in); the Cortex-M figures for TFLM_DECODE
+  are derived from TFLM's sources only: the Cortex-M build measured had no
+  compression compiled in. They keep that build's OpData sizes; a board built with
+  USE_TFLM_COMPRESSION (as the host runtime is) has two more ints in OpDataConv and
+  OpDataFullyConnected, up to 16 bytes more a convolution or FULLY_CONNECTED op after
+  alignment (64 and 240 bytes, under 1%, for the two compressed models tested).
 * Not modelled: the Arm Compiler 6 buffer of CMSIS-NN's 1x1 convolution (GCC builds
   need none), dilated CMSIS-NN convolutions' buffers, Cortex-M cores without the DSP
-  extension (M0+/M3: CMSIS-NN requests fewer buffers), TFLM_DECODE, offline-planned
-  models, variable tensors and models with several subgraphs.
+  extension (M0+/M3: CMSIS-NN requests fewer buffers), TFLM_DECODE of pruned or
+  Huffman tables, offline-planned models, variable tensors and models with several
+  subgraphs.
 """
 
 from __future__ import annotations

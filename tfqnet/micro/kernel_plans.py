@@ -8,16 +8,17 @@ Kernels modelled (TFLM's kernels/*.cc and kernels/cmsis_nn/*.cc Init and Prepare
 * reference: CONV_2D, DEPTHWISE_CONV_2D (an INT4 filter unpacked into scratch, one byte a
   weight), FULLY_CONNECTED (likewise), MAX_POOL_2D, AVERAGE_POOL_2D, ADD, int8/int16
   MEAN, RESHAPE, SOFTMAX (int8 and float), QUANTIZE, DEQUANTIZE, GATHER, CAST,
-  CONCATENATION, MINIMUM and MAXIMUM (no Init, no Prepare);
+  CONCATENATION, MINIMUM and MAXIMUM (no Init, no Prepare), and TFLM_DECODE (LUT
+  decoding, :func:`decode_plan`);
 * CMSIS-NN (DSP and MVE builds): its own CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED,
   MAX_POOL_2D, AVERAGE_POOL_2D, ADD, SOFTMAX, MINIMUM and MAXIMUM, with the scratch
   buffers of :mod:`tfqnet.micro.cmsis_nn_buffers`; the other ops above run TFLM's
   reference kernel in a CMSIS-NN build (OPTIMIZED_KERNEL_DIR replaces only the kernels
-  it has).
+  it has; CMSIS-NN has no decode kernel, so TFLM_DECODE is TFLM's in both).
 
-Not modelled (no figure): TFLM_DECODE (its DecodeState objects; the Cortex-M build
-measured has no compression compiled in), int16 SOFTMAX (lookup tables), batched
-FULLY_CONNECTED under CMSIS-NN, dilated CMSIS-NN convolutions, and every other op.
+Not modelled (no figure): TFLM_DECODE tables other than LUT (pruning, Huffman), int16
+SOFTMAX (lookup tables), batched FULLY_CONNECTED under CMSIS-NN, dilated CMSIS-NN
+convolutions, and every other op.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 
 from tfqnet.export.flatbuffer import FlatbufferModel, Operator, Tensor, element_count
 from tfqnet.micro.cmsis_nn_buffers import avgpool_buffer, conv_buffer, depthwise_buffer, window
+from tfqnet.tflite_format import DECODE_OP
 
 
 @dataclass(frozen=True)
@@ -58,10 +60,15 @@ class Abi:
 #: depthwise_conv, pooling), for FULLY_CONNECTED two pointers, the index, kernel_sums
 #: and three ints (cmsis_nn/fully_connected.cc), CMSISNNSoftmaxParams = SoftmaxParams
 #: and two int32 (cmsis_nn/softmax.cc), its ADD OpData the same 60 bytes as OpDataAdd.
+#: ``decode_state``: sizeof(DecodeStateLut) (decode_state.h, decode_state_lut.h): a
+#: vtable pointer, DecodeState's context and profiler pointers, then two pointers, three
+#: size_t and three bytes: 67 bytes padded to 72 on 64-bit, 35 padded to 36 on 32-bit.
 _OP_DATA_64 = {"conv": 80, "fully_connected": 72, "pooling": 32, "add": 60, "reduce": 44,
-               "softmax": 80, "quantize": 32, "dequantize": 32, "concatenation": 40}
+               "softmax": 80, "quantize": 32, "dequantize": 32, "concatenation": 40,
+               "decode_state": 72}
 _OP_DATA_32 = {"conv": 56, "fully_connected": 48, "pooling": 32, "add": 60, "reduce": 44,
                "softmax": 56, "quantize": 32, "dequantize": 32, "concatenation": 24,
+               "decode_state": 36,
                "cmsis_conv": 60, "cmsis_fully_connected": 76, "cmsis_pooling": 36,
                "cmsis_softmax": 64}
 
@@ -127,6 +134,35 @@ def _conv_temps(ins: tuple[int, ...], out: int, prepare_first: tuple[int, ...]) 
     return [*prepare_first, ins[0], ins[1], _optional(ins, 2), out]
 
 
+#: DecodeState::Type of a LUT ancillary tensor (its first byte; decode_state.h kDcmTypeLUT)
+_DECODE_TYPE_LUT = 0
+
+
+def decode_plan(graph: FlatbufferModel, op: Operator, abi: Abi) -> OpPlan | None:
+    """TFLM's TFLM_DECODE kernel (kernels/decode.cc; no Init, no builtin data): Prepare
+    allocates one persistent DecodeState pointer per output, then per (indices,
+    ancillary) input pair a DecodeStateLut object (DecodeState::CreateDecodeStateLUT;
+    DecodeStateLut::Setup allocates nothing), holding the pair and its output as
+    temporaries that it frees before the next pair. The decoded outputs are ordinary
+    non-constant tensors: the memory planner places them in the head like activations,
+    alive from the decode op to their consumer. None for a decode type other than LUT
+    (pruning allocates differently) or inputs that are not constant."""
+    t, ins = graph.tensors, op.inputs
+    if len(ins) != 2 * len(op.outputs) or not op.outputs:
+        return None
+    for k in range(1, len(ins), 2):
+        if not (t[ins[k - 1]].is_constant and t[ins[k]].is_constant):
+            return None
+        if graph.buffers[graph.tensor_buffers[ins[k]]][0] != _DECODE_TYPE_LUT:
+            return None
+    # the pairs' temporaries do not overlap: the peak is the pair whose output
+    # quantization costs most
+    pair = max(range(len(op.outputs)), key=lambda k: channels(t[op.outputs[k]]))
+    return OpPlan([], [abi.pointer * len(op.outputs),
+                       *[abi.op_data["decode_state"]] * len(op.outputs)], [],
+                  [ins[2 * pair], ins[2 * pair + 1], op.outputs[pair]])
+
+
 def reference_plan(graph: FlatbufferModel, op: Operator, abi: Abi, mve: bool) -> OpPlan | None:
     """TFLM's reference kernels (conv_common.cc, depthwise_conv_common.cc,
     fully_connected.cc, pooling_common.cc, add_common.cc, reduce_common.cc, reshape.cc,
@@ -171,6 +207,8 @@ def reference_plan(graph: FlatbufferModel, op: Operator, abi: Abi, mve: bool) ->
         return OpPlan([], [], [], [ins[0], out])
     if op.name in ("MINIMUM", "MAXIMUM"):
         return OpPlan()
+    if op.name == DECODE_OP:
+        return decode_plan(graph, op, abi)
     if op.name == "CONCATENATION":
         # Prepare: first input and output, each input's dimensions, the output, then
         # (int8) every input again for the per-input scales and zero points it keeps
@@ -214,9 +252,12 @@ def cmsis_plan(graph: FlatbufferModel, op: Operator, abi: Abi, mve: bool) -> OpP
             return None  # the batched path runs as a 1x1 convolution: not modelled
         units = filt.shape[0]
         arrays = [4 * units, 4 * units] if channels(filt) > 1 else []
-        if mve and filt.type == "INT8" and filt.is_constant:
-            arrays.append(4 * units)  # kernel sums, computed once in Prepare
-        return OpPlan([abi.op_data["cmsis_fully_connected"]], arrays, [],
+        scratch = []
+        if mve and filt.type == "INT8":
+            # kernel sums: computed once in Prepare from a constant filter; a decoded
+            # (TFLM_DECODE) filter has no data before planning, so its sums get scratch
+            (arrays if filt.is_constant else scratch).append(4 * units)
+        return OpPlan([abi.op_data["cmsis_fully_connected"]], arrays, scratch,
                       [ins[0], ins[1], _optional(ins, 2), out])
     if op.name == "MAX_POOL_2D":
         return OpPlan([abi.op_data["cmsis_pooling"]], [], [], [ins[0], out])
