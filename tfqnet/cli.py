@@ -25,6 +25,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +76,10 @@ def _progress(message: str) -> None:
 
 def _quiet(message: str) -> None:
     """The progress of ``--quiet``: none."""
+
+
+def _progress_of(args) -> Callable[[str], None]:
+    return _quiet if args.quiet else _progress
 
 
 #: Set by :func:`main` when the user asked for TensorFlow's log (TF_CPP_MIN_LOG_LEVEL
@@ -156,7 +161,7 @@ def _sample_bytes(graph, tensors) -> int:
 
 def _export_c(args) -> int:
     started = time.monotonic()
-    progress = _quiet if args.quiet else _progress
+    progress = _progress_of(args)
     data, graph = _read_model(args.model)
     try:
         ident = c_arrays.c_identifier(args.name)
@@ -288,7 +293,7 @@ def _check(args) -> int:
 
     keras_model = None
     if args.keras:
-        (_quiet if args.quiet else _progress)(f"loading the Keras QAT model {args.keras}")
+        _progress_of(args)(f"loading the Keras QAT model {args.keras}")
         try:
             with _tensorflow_start_up_silenced():
                 keras_model = load_keras_model(args.keras)
@@ -304,7 +309,7 @@ def _check(args) -> int:
     try:
         report = check_model(data, data=samples, keras_model=keras_model,
                              samples=args.samples, min_agreement=args.min_agreement,
-                             progress=_quiet if args.quiet else _progress)
+                             progress=_progress_of(args))
     except InvalidModelFileError as error:  # found by the native steps (child processes)
         raise _UsageError(f"{args.model} is not a valid TFLite model: {error}") from None
     text = json.dumps(report.to_dict(), indent=2) + "\n"
@@ -322,7 +327,7 @@ def _check(args) -> int:
 
 
 def _compact(args) -> int:
-    progress = _quiet if args.quiet else _progress
+    progress = _progress_of(args)
     data, _ = _read_model(args.model)
     out = Path(args.output)
     if out.exists() and out.resolve() == Path(args.model).resolve():

@@ -53,17 +53,17 @@ def _folded_batch_norms(model: keras.Model) -> set[str]:
 def _check_layers(model: keras.Model, skip: set[str]) -> None:
     folded = _folded_batch_norms(model)
     for layer in model.layers:
-        if layer.name in skip and skip_refused(layer):  # it would fail later, or slowly
+        refused = skip_refused(layer)
+        if layer.name in skip and refused:  # it would fail later, or slowly
             raise UnsupportedLayerError(
-                f"cannot skip layer {layer.name!r} ({type(layer).__name__}): "
-                f"{skip_refused(layer)}.")
+                f"cannot skip layer {layer.name!r} ({type(layer).__name__}): {refused}.")
         if layer.name in skip or layer.name in folded:
             continue
         reason = unsupported_reason(layer)
         if reason is None:
             continue
         # the way forward offered is one that works for this kind of layer
-        way = skip_refused(layer) or (
+        way = refused or (
             f"To leave it float during training, pass skip=[{layer.name!r}] to "
             "quantize_model (tfqnet.convert then quantizes it to int8 post-training), "
             "or replace it with a supported layer")
