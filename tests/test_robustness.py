@@ -331,7 +331,7 @@ def _doubled_model(middle: L.Layer) -> keras.Model:
 def test_lambda_error_offers_what_works_and_skip_of_it_is_refused():
     """skip=['lam'], which the error offered, failed in tf_keras' safe mode when
     quantize_model cloned the model. The advice now given, followed: the computation in
-    a Layer subclass, skipped, quantizes, converts and runs on TFLM."""
+    a Layer subclass, skipped, quantizes, converts and agrees on TFLM."""
     model = _doubled_model(L.Lambda(lambda t: 2.0 * t, name="lam"))
     with pytest.raises(tfqnet.UnsupportedLayerError) as error:
         tfqnet.quantize_model(model)
@@ -351,8 +351,29 @@ def test_lambda_error_offers_what_works_and_skip_of_it_is_refused():
     qat.compile(keras.optimizers.Adam(1e-3), "mse")
     qat.fit(x, x[:, :2], epochs=1, batch_size=16, verbose=0)
     tflite = tfqnet.convert(qat, x)
-    got = tfqnet.run_tflm(tflite, x)
-    assert got.shape == (32, 2) and np.isfinite(got).all() and np.abs(got).max() > 0
+    graph = tfqnet.FlatbufferModel.from_bytes(tflite)
+    # The skipped layer's output has its own trained grid, so the converter keeps the
+    # multiply as an int8 MUL instead of folding it into the next kernel.
+    assert [op.name for op in graph.operators] == ["FULLY_CONNECTED", "MUL", "FULLY_CONNECTED"]
+    lsb = graph.tensors[graph.outputs[0]].scales[0]
+    steps = np.abs(tfqnet.run_tflm(tflite, x) - qat.predict(x, verbose=0)) / lsb
+    assert steps.max() <= 2.01, steps.max()  # folded, it was 68 steps
+
+
+def test_every_skipped_layer_output_gets_an_8_bit_grid():
+    """TFMOT grids a skipped Dense read by one quantized layer; the Dense read by an Add
+    and the custom layer get tfqnet's own."""
+    inputs = keras.Input((8,))
+    a = L.Dense(4, name="a")(inputs)
+    b = L.Dense(4, name="b")(inputs)
+    added = L.Add(name="add")([L.Dense(4, name="c")(a), b])
+    model = keras.Model(inputs, L.Dense(2, name="out")(Doubling(name="twice")(added)))
+    q = tfqnet.quantize_model(model, activation_bits=4, skip=["a", "b", "twice"])
+    grids = {node.inbound_layers.name: layer for layer in q.layers
+             for node in layer._inbound_nodes if "QuantizeLayer" in type(layer).__name__}
+    assert set(grids) == {"b", "twice"}, sorted(grids)
+    assert all(g.quantizer.bits == 8 for g in grids.values())
+    assert q.get_layer("quant_a").quantize_config.__class__.__name__ == "OutputOnlyConfig"
 
 
 @pytest.mark.parametrize("layer", [L.LSTM(4, name="rnn"), L.GRU(4, name="rnn"),

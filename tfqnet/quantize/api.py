@@ -151,7 +151,8 @@ def quantize_model(
         smaller (``compress="auto"``).
       activation_bits: activation bits, 2..8 (deployed in int8 tensors on the same grid).
       skip: names of layers to leave float during QAT (converted post-training to int8),
-        e.g. ``["conv1"]``; None: no layers. A Lambda or recurrent layer cannot be
+        e.g. ``["conv1"]``; None: no layers. A skipped layer's output gets a trained
+        8-bit grid, the int8 tensor it becomes. A Lambda or recurrent layer cannot be
         skipped (UnsupportedLayerError says why and what works instead).
       overrides: per-layer bits, ``{layer name: {"weight_bits": b, "activation_bits":
         b}}`` (either key or both), e.g. ``{"conv2d": {"weight_bits": 8}}``; they win over

@@ -10,7 +10,10 @@ quantizer learns is the grid that is deployed:
   off the trained grid;
 * a ReLU/ReLU6 layer after a convolution, Dense or Add disables that layer's own
   output grid, so the converter fuses the ReLU into the TFLite op;
-* the model input gets an 8-bit activation quantizer (the int8 input tensor).
+* the model input gets an 8-bit activation quantizer (the int8 input tensor), and so
+  does the output of every skipped layer TFMOT leaves without one: the converter
+  makes that tensor int8 too, and without a FakeQuant there it folds a layer such as
+  a constant multiply into the next layer's already quantized kernel.
 """
 
 from __future__ import annotations
@@ -161,6 +164,52 @@ class InputLayerQuantize(transforms.Transform):
         return {"QuantizeLayer": QuantizeLayer}
 
 
+class SkippedLayerOutputQuantize(transforms.Transform):
+    """Adds an 8-bit activation quantizer after each layer in ``layers`` (names)."""
+
+    def __init__(self, method: QuantizationMethod, layers: frozenset[str]):
+        self.method = method
+        self.layers = layers
+
+    def pattern(self):
+        return LayerPattern(".*")
+
+    def replacement(self, match_layer):
+        if match_layer.layer["config"]["name"] not in self.layers:
+            return match_layer
+        quant_layer = QuantizeLayer(self.method.activation_quantizer(8))
+        config = keras.layers.serialize(quant_layer)
+        config["name"] = quant_layer.name
+        return LayerNode(config, input_layers=[match_layer])
+
+    def custom_objects(self):
+        return {"QuantizeLayer": QuantizeLayer}
+
+
+def _skipped_without_grid(model: keras.Model, layer_quantize_map, registry) -> frozenset[str]:
+    """Skipped layers with one float output that TFMOT would leave without a grid.
+
+    TFMOT gives a skipped layer an output grid only when the registry supports it and
+    it is the single input of a quantized layer. Inputs of a Concatenate are left
+    alone: they take the concat's grid.
+    """
+    names = set()
+    for layer in model.layers:
+        if (layer.name in layer_quantize_map or isinstance(layer, keras.layers.InputLayer)
+                or layer.name in registry.no_output_grid):
+            continue
+        outputs = tf.nest.flatten(layer.output)
+        if len(outputs) != 1 or not outputs[0].dtype.is_floating:
+            continue
+        tfmot_grid = registry.supports(layer) and any(
+            node.outbound_layer.name in layer_quantize_map
+            and len(tf.nest.flatten(node.inbound_layers)) == 1
+            for node in layer._outbound_nodes)
+        if not tfmot_grid:
+            names.add(layer.name)
+    return frozenset(names)
+
+
 def _raw_inputs(model: keras.Model) -> frozenset[str]:
     """Names of input layers whose every consumer has ``takes_raw_input = True``."""
     raw = set()
@@ -186,6 +235,15 @@ class LayoutTransform(tfmot.quantization.keras.QuantizeLayoutTransform):
             FoldBatchNorm(),
             ReLUOutputGrid(self.registry),
         ]
-        return model_transformer.ModelTransformer(
+        skipped = _skipped_without_grid(model, layer_quantize_map, self.registry)
+        model, layer_quantize_map = model_transformer.ModelTransformer(
             model, steps, set(layer_quantize_map.keys()), layer_quantize_map
+        ).transform()
+        if not skipped:
+            return model, layer_quantize_map
+        # A pass of its own: with the skipped layers among the candidates, the steps
+        # above would also rewrite them.
+        return model_transformer.ModelTransformer(
+            model, [SkippedLayerOutputQuantize(self.registry.method, skipped)],
+            set(skipped), layer_quantize_map,
         ).transform()
