@@ -170,16 +170,16 @@ def test_exported_weights_are_exactly_ternary_per_channel(crq_model, int4_model)
         ((kernel, quantizer, state),) = layer._weight_vars
         data = _buffer(int4_model, tensor.index)
         codes = unpack_int4(data, int(np.prod(tensor.shape))).reshape(tensor.shape)
-        assert set(np.unique(codes)) <= {-1, 0, 1}
+        assert set(np.unique(codes)) <= {-7, 0, 7}  # ternary codes spread over INT4
         # Keras kernels keep output channels last, TFLite filters first.
         keras_codes = np.moveaxis(codes, 0, -1) if len(tensor.shape) == 4 else codes.T
         alpha = np.atleast_1d(state["alpha"].numpy())
         expected = ternary_codes(kernel, alpha).numpy()
-        np.testing.assert_array_equal(keras_codes, expected)
+        np.testing.assert_array_equal(keras_codes, 7 * expected)
         assert len(tensor.scales) == (alpha.size if quantizer.per_axis else 1)
-        np.testing.assert_allclose(tensor.scales, alpha, rtol=1e-6)
+        np.testing.assert_allclose(np.asarray(tensor.scales) * 7, alpha, rtol=1e-6)
         per_channel = codes.reshape(codes.shape[0], -1) if quantizer.per_axis else codes
-        assert all(np.abs(row).max() == 1 for row in per_channel)  # every channel uses alpha
+        assert all(np.abs(row).max() == 7 for row in per_channel)  # every channel uses alpha
 
 
 def test_compressed_model_is_bit_identical_and_smaller(int4_model, digits):
@@ -224,8 +224,9 @@ def _decodes(flatbuffer: bytes):
 
 
 def test_channels_sharing_their_codes_share_one_value_table(int4_model, digits):
-    """conv2's 32 channels all use {-1, 0, 1}: one table of 3 entries (not 32), read by
-    every channel (stride 0), and TFLM computes exactly what the INT4 model computes."""
+    """conv2's 32 channels all use {-7, 0, 7} (ternary codes spread over INT4): one
+    table of 3 entries (not 32), read by every channel (stride 0), and TFLM computes
+    exactly what the INT4 model computes."""
     with pytest.warns(UserWarning, match="TensorFlow Lite Micro only"):
         compressed = compress_ternary(int4_model)
     graph, decodes = _decodes(compressed)
@@ -234,7 +235,7 @@ def test_channels_sharing_their_codes_share_one_value_table(int4_model, digits):
     assert len(header) == DECODE_HEADER_BYTES + 3
     assert header[LUT_PARAMS_OFFSET] >> 4 == LUT_ONE_TABLE_AXIS
     assert header[LUT_STRIDE_OFFSET] == 0
-    assert list(np.frombuffer(header[DECODE_HEADER_BYTES:], np.int8)) == [-1, 0, 1]
+    assert list(np.frombuffer(header[DECODE_HEADER_BYTES:], np.int8)) == [-7, 0, 7]
     # every compressed filter has the same header and table: one ancillary tensor
     assert len({op.inputs[1] for op in decodes}) == 1 < len(decodes)
     x = digits.x_test
@@ -306,7 +307,7 @@ def test_depthwise_kernel_exports_ternary_and_compresses(digits):
     assert depthwise.type == "INT4" and depthwise.shape == (1, 3, 3, 8)
     assert depthwise.quantized_dimension == 3 and len(depthwise.scales) == 8
     codes = unpack_int4(_buffer(flatbuffer, depthwise.index), 72).reshape(depthwise.shape)
-    assert set(np.unique(codes)) <= {-1, 0, 1}
+    assert set(np.unique(codes)) <= {-7, 0, 7}
     x = digits.x_test[:100]
     assert top1_agreement(qat, flatbuffer, x) >= 0.99
     # TFLite's reference kernels have no INT4 depthwise: checked on its int8 codes instead

@@ -23,6 +23,19 @@ def test_weight_fake_quant_keeps_grid_values_exactly(bits, per_axis):
     np.testing.assert_array_equal(np.round(out / scale), codes)
 
 
+def test_narrow_grids_are_stored_spread_over_their_container():
+    spreads = [grid.code_spread(b, weight_container_bits(b)) for b in range(2, 9)]
+    assert spreads == [7, 2, 1, 8, 4, 2, 1]
+    alpha = np.float32(0.3)
+    ternary = tf.constant(alpha * np.array([-1, 0, 1, 1], np.float32))
+    out = grid.weight_fake_quant(ternary, tf.constant(alpha), 2, False)
+    np.testing.assert_array_equal(out.numpy(), ternary.numpy())  # same values
+    # the op's range gives the converter a step of alpha / 7 (codes -7, 0, 7): a value
+    # one seventh of alpha is a level of that grid, not rounded to 0 as with step alpha
+    seventh = grid.weight_fake_quant(tf.constant([alpha / 7]), tf.constant(alpha), 2, False)
+    np.testing.assert_allclose(seventh.numpy(), [alpha / 7], rtol=1e-6)
+
+
 def test_weight_storage_is_int4_up_to_4_bits():
     assert [weight_container_bits(b) for b in range(2, 9)] == [4, 4, 4, 8, 8, 8, 8]
 

@@ -404,17 +404,17 @@ def test_ternary_model_deploys_three_integer_levels(ternary, digits):
         assert values.shape == tensor.shape
         for channel in values.reshape(values.shape[0], -1):  # TFLite: [out, h, w, in]
             assert len(np.unique(channel)) <= 3
-            assert set(np.unique(channel)) <= {-1, 0, 1}
+            assert set(np.unique(channel)) <= {-7, 0, 7}
     for values, _ in weights.values():
-        assert set(np.unique(values)) <= {-1, 0, 1}
-    # the deployed step of every channel is the learned alpha: weights = alpha * level
+        assert set(np.unique(values)) <= {-7, 0, 7}  # levels spread over INT4
+    # the deployed step of every channel is the learned alpha / 7: weights = alpha * level
     for layer in ("conv1", "conv2", "fc1", "logits"):
         (log_alpha,) = [
             v for v in qat.variables if v.name == f"quant_{layer}/kernel_qn_log_alpha:0"
         ]
         (tensor,) = [t for _, t in weights.values() if f"quant_{layer}/" in t.name]
         alpha = np.broadcast_to(np.exp(log_alpha.numpy()), len(tensor.scales))
-        np.testing.assert_allclose(tensor.scales, alpha, rtol=1e-6)
+        np.testing.assert_allclose(np.asarray(tensor.scales) * 7, alpha, rtol=1e-6)
 
 
 def test_ternary_model_agrees_with_tflm(ternary, digits):

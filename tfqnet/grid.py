@@ -12,6 +12,11 @@ Weights: symmetric, narrow range, zero point 0. Codes of a ``bits``-bit weight a
 ``[-(2**(bits-1) - 1), 2**(bits-1) - 1]``. Weights of 4 bits or fewer are stored in a
 4-bit container (packed INT4 in the flatbuffer: codes -7..7), wider ones in int8
 (codes -127..127); the container does not change the values, only their storage.
+A narrower grid is stored spread over its container (a ternary code ``c`` as ``7c`` at
+a seventh of the scale): the values are the same, and the int32 bias, quantized at
+input scale times weight scale, gets a grid 7 times finer (measured: with codes
+-1..1, bias rounding alone moved about a tenth of a ternary layer's outputs by one
+step).
 A Dense kernel quantized per output channel is always int8: TFLM's FULLY_CONNECTED
 refuses per-channel INT4 filters, and the TFLite converter refuses per-axis Dense
 kernels altogether, so :func:`tfqnet.convert` traces them per tensor (an
@@ -53,6 +58,12 @@ def check_bits(bits: int, what: str, allowed: range = WEIGHT_BITS) -> int:
 def weight_qmax(bits: int) -> int:
     """Largest weight code of a symmetric narrow-range ``bits``-bit grid."""
     return 2 ** (bits - 1) - 1
+
+
+def code_spread(bits: int, storage_bits: int) -> int:
+    """The factor a ``bits``-bit code is stored multiplied by in a ``storage_bits``
+    container: the largest that keeps every code in the container's range."""
+    return weight_qmax(storage_bits) // weight_qmax(bits)
 
 
 def is_per_channel_dense(kernel_rank: int, per_axis: bool) -> bool:
@@ -121,12 +132,17 @@ def weight_fake_quant(
     ``scale`` is a scalar, or a vector over the output channels when ``per_axis``
     (the last ``channel_dims`` axes of the kernel: 2 for a depthwise kernel
     [h, w, c, m]). The op's range is the storage container's (+-7 or +-127 codes,
-    narrow range), so every level of a ``bits``-bit grid maps to its own integer code
-    and converts exactly; kernels of <= 4 bits become packed INT4 tensors (except a
-    per-channel Dense kernel, always int8).
+    narrow range); a code is stored as ``code * code_spread(bits, container)``, so
+    every level of a ``bits``-bit grid maps to its own integer code and converts
+    exactly; kernels of <= 4 bits become packed INT4 tensors (except a per-channel
+    Dense kernel, always int8).
     """
     dense = is_per_channel_dense(values.shape.rank, per_axis)
     storage = weight_container_bits(bits, dense)
+    # Codes spread over the container (ternary in INT4: -7, 0, 7 at scale / 7) keep the
+    # same values and give the int32 bias, whose step is input scale * weight scale,
+    # a finer grid.
+    scale = scale / code_spread(bits, storage)
     limit = weight_qmax(storage) * scale
     mode = getattr(_EXPORT, "mode", None)
     if dense and mode is not None:

@@ -16,7 +16,7 @@ unpacked to INT8 (same codes, same scales) in the flatbuffer; their indices then
 take ``b`` bits (2 for ternary weights) plus the value tables.
 
 Sizes (ternary): 2 bits per weight plus a 16-byte decode header and one value table
-of 3 int8 entries ({-1, 0, 1}: every channel's codes, its scale stays in the decoded
+of 3 int8 entries ({-7, 0, 7}: every channel's codes, its scale stays in the decoded
 tensor's quantization), against 4 bits (INT4) or 8 bits (int8). Filters whose
 header and table are equal share them (one ancillary tensor).
 """

@@ -28,7 +28,8 @@ reading of it (see ``shared/methods.md`` section 4):
   ``c = sign(w) * [|w| >= a/2] in {-1, 0, 1}``, each weight mapped to its nearest
   target, i.e. the regularizer's own assignment, so a fully clustered layer is
   ternarized without loss. The values go through :func:`tfqnet.grid.weight_fake_quant`
-  with ``bits=2``: scale ``a``, codes -1/0/1 in a packed INT4 tensor. The export is
+  with ``bits=2``: stored as codes -7/0/7 at scale ``a / 7`` in a packed INT4 tensor
+  (:func:`tfqnet.grid.code_spread`). The export is
   the hard ternary model even during the soft phase, so Keras-vs-TFLM agreement holds
   whenever it is measured; *accuracy* of the ternary model is only meaningful after
   the hard phase, which is where the tests and benchmarks measure it.
