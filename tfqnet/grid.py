@@ -139,10 +139,7 @@ def weight_fake_quant(
     """
     dense = is_per_channel_dense(values.shape.rank, per_axis)
     storage = weight_container_bits(bits, dense)
-    # Codes spread over the container (ternary in INT4: -7, 0, 7 at scale / 7) keep the
-    # same values and give the int32 bias, whose step is input scale * weight scale,
-    # a finer grid.
-    scale = scale / code_spread(bits, storage)
+    scale = scale / code_spread(bits, storage)  # the stored step (module docstring)
     limit = weight_qmax(storage) * scale
     mode = getattr(_EXPORT, "mode", None)
     if dense and mode is not None:

@@ -119,6 +119,15 @@ class ReLUOutputGrid(transforms.Transform):
         return match_layer
 
 
+def _with_8_bit_grid(node: LayerNode, method: QuantizationMethod) -> LayerNode:
+    """``node`` followed by a TFMOT QuantizeLayer with ``method``'s 8-bit activation
+    quantizer."""
+    quant_layer = QuantizeLayer(method.activation_quantizer(8))
+    config = keras.layers.serialize(quant_layer)
+    config["name"] = quant_layer.name
+    return LayerNode(config, input_layers=[node])
+
+
 @register
 class InputQuantizeLayer(QuantizeLayer):
     """TFMOT's QuantizeLayer, built once.
@@ -153,12 +162,7 @@ class InputLayerQuantize(transforms.Transform):
         config = match_layer.layer["config"]
         if config["name"] in self.raw_inputs or not tf.as_dtype(config["dtype"]).is_floating:
             return match_layer
-        quant_layer = QuantizeLayer(
-            self.method.activation_quantizer(8)
-        )
-        config = keras.layers.serialize(quant_layer)
-        config["name"] = quant_layer.name
-        return LayerNode(config, input_layers=[match_layer])
+        return _with_8_bit_grid(match_layer, self.method)
 
     def custom_objects(self):
         return {"QuantizeLayer": QuantizeLayer}
@@ -177,10 +181,7 @@ class SkippedLayerOutputQuantize(transforms.Transform):
     def replacement(self, match_layer):
         if match_layer.layer["config"]["name"] not in self.layers:
             return match_layer
-        quant_layer = QuantizeLayer(self.method.activation_quantizer(8))
-        config = keras.layers.serialize(quant_layer)
-        config["name"] = quant_layer.name
-        return LayerNode(config, input_layers=[match_layer])
+        return _with_8_bit_grid(match_layer, self.method)
 
     def custom_objects(self):
         return {"QuantizeLayer": QuantizeLayer}
