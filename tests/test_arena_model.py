@@ -15,6 +15,7 @@ import tfqnet
 from tests.micro_helpers import digits_qat_and_tflite, unsupported_op_tflite
 from tfqnet._keras import keras, tf
 from tfqnet.export.flatbuffer import FlatbufferModel, element_count
+from tfqnet.export.tflite import keras_to_tflite
 from tfqnet.layers import PixelEmbedding
 from tfqnet.micro.arena import measure_arena, with_margin
 from tfqnet.micro.arena_model import KERNEL_SETS, board_arenas, derive_arena, unmodelled_ops
@@ -48,8 +49,8 @@ def _graph(flatbuffer: bytes) -> tuple[bytes, FlatbufferModel]:
 
 
 def _tiny(build, shape, seed: int) -> bytes:
-    """A small per-channel int8 flatbuffer straight from TFLite's converter (no tfqnet),
-    so that the derivation meets the converter's defaults too (per-channel Dense);
+    """A small per-channel int8 flatbuffer straight from TFLite's converter (the bytes of
+    ``from_keras_model``; no tfqnet quantizer), so that the derivation meets the converter's defaults too (per-channel Dense);
     ``build`` maps the Keras input to the output."""
     keras.utils.set_random_seed(seed)
     inputs = keras.Input(shape)
@@ -60,12 +61,13 @@ def _tiny(build, shape, seed: int) -> bytes:
         for _ in range(8):
             yield [rng.random((1, *shape), dtype=np.float32)]
 
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = representative
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = converter.inference_output_type = tf.int8
-    return converter.convert()
+    def configure(converter) -> None:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = converter.inference_output_type = tf.int8
+
+    return keras_to_tflite(model, configure)
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.lite.python.conversion_metadata_schema_py_generated import ModelType
+from tf_keras.src.saving.legacy import saving_utils  # private, but tf-keras is pinned
 from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
 
 from tfqnet._keras import keras
@@ -40,12 +42,13 @@ def convert_keras(
             batch = [s[i : i + 1] for s in samples]
             yield dict(zip(input_names, batch, strict=True)) if len(batch) > 1 else batch
 
-    converter = tf.lite.TFLiteConverter.from_keras_model(keras_model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = representative
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.int8 if raw_pixels else IO_TYPES[input_type]
-    converter.inference_output_type = IO_TYPES[output_type]
+    def configure(converter: tf.lite.TFLiteConverter) -> None:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8 if raw_pixels else IO_TYPES[input_type]
+        converter.inference_output_type = IO_TYPES[output_type]
+
     absl_level = logging.getLogger("absl").level
     logging.getLogger("absl").setLevel(logging.ERROR)
     try:
@@ -53,11 +56,50 @@ def convert_keras(
             # The input's range comes from the QAT model's input quantizer, not from
             # statistics; the converter warns about the latter needlessly.
             warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
-            return converter.convert()
+            return keras_to_tflite(keras_model, configure)
     except Exception as error:
         raise ConversionError(f"the TFLite converter failed: {error}") from error
     finally:
         logging.getLogger("absl").setLevel(absl_level)
+
+
+def keras_to_tflite(
+    keras_model: keras.Model, configure: Callable[[tf.lite.TFLiteConverter], None]
+) -> bytes:
+    """``TFLiteConverter.from_keras_model(keras_model)``, set up by ``configure``, converted:
+    the same bytes in a fraction of the time.
+
+    ``from_keras_model`` first exports the model as a Keras SavedModel, which traces the
+    call of every layer in both training modes: about 85% of a conversion (measured: 8.5
+    of 10 s for a qn 4-bit digits CNN). The converter reads only the serving signature,
+    so this exports that signature (Keras's own ``trace_model_call``, the function
+    ``from_keras_model`` exports) with the model's variables and nothing else, and the
+    converter takes the same SavedModel route to the same flatbuffer. Should that export
+    fail (a signature that captures state other than variables), the converter would
+    freeze the graph instead (which, for one, cannot calibrate inputs by name), so the
+    model is then converted by ``from_keras_model``.
+    """
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [saving_utils.trace_model_call(keras_model)], _variables_of(keras_model))
+    # the conversion metadata names the model's format, as from_keras_model's does
+    converter._metadata.environment.modelType = ModelType.KERAS_MODEL
+    configure(converter)
+    try:
+        flatbuffer = converter.convert()
+    except Exception:
+        if converter.saved_model_dir is not None:  # set only on the SavedModel route
+            raise
+    if converter.saved_model_dir is None:  # the frozen graph's result, or its failure
+        converter = tf.lite.TFLiteConverter.from_keras_model(keras_model)
+        configure(converter)
+        flatbuffer = converter.convert()
+    return flatbuffer
+
+
+def _variables_of(keras_model: keras.Model) -> tf.Module:
+    holder = tf.Module()
+    holder.tracked = list(keras_model.variables)
+    return holder
 
 
 def check_integer_only(flatbuffer: bytes, input_type: str, output_type: str) -> None:
