@@ -50,8 +50,9 @@ def _graph(flatbuffer: bytes) -> tuple[bytes, FlatbufferModel]:
 
 def _tiny(build, shape, seed: int) -> bytes:
     """A small per-channel int8 flatbuffer straight from TFLite's converter (the bytes of
-    ``from_keras_model``; no tfqnet quantizer), so that the derivation meets the converter's defaults too (per-channel Dense);
-    ``build`` maps the Keras input to the output."""
+    ``from_keras_model``; no tfqnet quantizer), so that the derivation meets the
+    converter's defaults too (per-channel Dense); ``build`` maps the Keras input to the
+    output."""
     keras.utils.set_random_seed(seed)
     inputs = keras.Input(shape)
     model = keras.Model(inputs, build(inputs))
