@@ -19,9 +19,9 @@ numbers, and PNG plots in ``benchmarks/plots/``. A row that fails (e.g. TFMOT n-
 Budgets (Adam, batch 32; float lr 1e-3 digits / 2e-3 MobileNet, QAT lr 5e-4):
 
 * full: 3 seeds; digits float 20 + QAT 5 epochs, MobileNet float 12 + QAT 4 epochs.
-  A row's cost is mostly fixed (QAT graph tracing and TFLite conversion, ~10 CPU-s on
-  digits and ~30 on MobileNet), an epoch is ~0.3 / ~1.4 CPU-s, so the epochs were set
-  to fit ~35-40 minutes on 2 idle cores (16 rows x 2 tasks x 3 seeds). The per-issue
+  A row's cost is mostly fixed (QAT graph tracing and TFLite conversion), an epoch is
+  ~0.3 / ~1.4 CPU-s; the run takes ~25 minutes on 2 idle cores (16 rows x 2 tasks x 3
+  seeds). The per-issue
   scripts (``bench_*.py``) train digits longer (e.g. 30 + 10 epochs).
 * quick: 1 seed, digits only, float 3 + QAT 1 epochs: ~4 minutes on 2 idle cores; a
   smoke run, not results. ``--tasks digits mobilenet`` adds the MobileNet (~10 more).
