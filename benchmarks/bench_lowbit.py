@@ -17,7 +17,13 @@ runtime. Rows differ in the layer policy (``quantize_model(..., policy=...)``: n
 the first/last layer at 8 bits, that plus depthwise kernels at 8 or at 4 bits: the
 default, chosen by these rows' validation accuracy), in ``hard_fraction`` and in the loss
 (``+ KD``: :class:`tfqnet.DistillationLoss` from the float model's logits, T = 4,
-alpha = 0.9). TFMOT's straight-through ternary (its n-bit scheme at W2A8, the suite's
+alpha = 0.9) or the recipe (``+ warm-up/cosine``: Adam's rate rises linearly from 0
+over the first 10% of the steps, then follows a cosine to 0; ``+ BN re-estimation``: the
+float model's BatchNormalization moving statistics are replaced by the exact statistics
+of the fit images before ``quantize_model`` folds them; ``progressive 8 -> 4 -> 2``: one
+epoch of ``uniform`` at 8-bit, one at 4-bit weights, each stage starting from the last
+one's trained weights, then the method's ternary stage for the remaining epochs, so the
+row costs the same epochs). TFMOT's straight-through ternary (its n-bit scheme at W2A8, the suite's
 baseline) runs with the same policies (:func:`benchmarks.baselines.tfmot_n_bit`), for
 a fair comparison.
 
@@ -59,6 +65,7 @@ _HARD = {"hard_fraction": 1.0}
 _FL = {"policy": "first_last"}
 _FLD8 = {**_FL, "depthwise_bits": 8}
 _FLD4 = {**_FL, "depthwise_bits": 4}  # what "auto" means below 4 bits
+_DEFAULT = {**_FLD4, **_HARD}
 ROWS: dict[str, tuple[str, dict, bool]] = {
     "qn ternary, no policy, hard_fraction 0.5": ("qn", {"policy": None, **_QN_SOFT}, False),
     "qn ternary, first/last 8-bit, hard_fraction 0.5": ("qn", {**_FL, **_QN_SOFT}, False),
@@ -88,6 +95,15 @@ ROWS: dict[str, tuple[str, dict, bool]] = {
         "crq", {**_FLD8, **_HARD}, True),
     "crq ternary, first/last 8-bit + depthwise 4-bit, hard_fraction 1 (default)": (
         "crq", {**_FLD4, **_HARD}, False),
+    "qn ternary, default + warm-up/cosine": ("qn", {**_DEFAULT, "schedule": "cosine"}, False),
+    "qn ternary, default + BN re-estimation": ("qn", {**_DEFAULT, "bn_reestimate": True}, False),
+    "qn ternary, default, progressive 8 -> 4 -> 2": (
+        "qn", {**_DEFAULT, "progressive": True}, False),
+    "crq ternary, default + warm-up/cosine": ("crq", {**_DEFAULT, "schedule": "cosine"}, False),
+    "crq ternary, default + BN re-estimation": (
+        "crq", {**_DEFAULT, "bn_reestimate": True}, False),
+    "crq ternary, default, progressive 8 -> 4 -> 2": (
+        "crq", {**_DEFAULT, "progressive": True}, False),
     "TFMOT STE ternary, no policy": ("tfmot", {"policy": None}, False),
     "TFMOT STE ternary, first/last 8-bit": ("tfmot", _FL, False),
     "TFMOT STE ternary, first/last + depthwise 8-bit": ("tfmot", _FLD8, False),
@@ -102,14 +118,96 @@ def split(task):
             task.x_test, task.y_test)
 
 
+WARMUP_SHARE = 0.1
+PROGRESSIVE_STAGES = (8, 4)  # uniform weight bits, one epoch each, before the ternary stage
+
+
+def _copy(model: keras.Model) -> keras.Model:
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def reestimated_batch_norms(float_model: keras.Model, x: np.ndarray) -> keras.Model:
+    """A copy of ``float_model`` whose BatchNormalization moving mean and variance are
+    the statistics of its input over all of ``x`` (layer by layer, each BN seeing the
+    re-estimated ones before it), instead of the training run's exponential averages."""
+    model = _copy(float_model)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            inputs = keras.Model(model.inputs, layer.input).predict(x, batch_size=256, verbose=0)
+            axes = tuple(range(inputs.ndim - 1))
+            layer.moving_mean.assign(inputs.mean(axes))
+            layer.moving_variance.assign(inputs.var(axes))
+    return model
+
+
+def with_qat_weights(float_model: keras.Model, qat: keras.Model) -> keras.Model:
+    """A copy of ``float_model`` computing what ``qat``'s latent (unquantized) weights
+    compute: each weighted layer takes its QAT kernel, which has its BatchNormalization
+    folded in, so that BN becomes the identity plus the folded bias."""
+    model = _copy(float_model)
+    folded_bias = {}
+    for layer in model.layers:
+        if type(layer) not in (keras.layers.Conv2D, keras.layers.DepthwiseConv2D,
+                               keras.layers.Dense):
+            continue
+        wrapper = qat.get_layer("quant_" + layer.name)
+        kernel = wrapper._weight_vars[0][0]  # (variable, quantizer, state), as TFMOT keeps it
+        weights = [kernel.numpy()]
+        if layer.use_bias:
+            weights.append(wrapper.layer.bias.numpy())
+        else:
+            folded_bias[layer.name] = wrapper.layer.bias.numpy()
+        layer.set_weights(weights)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            producer = layer._inbound_nodes[0].inbound_layers
+            bias = folded_bias.get(producer.name)
+            if bias is None:
+                raise ValueError(f"{layer.name} was not folded into {producer.name}")
+            one = np.ones_like(bias)
+            values = {"gamma": one, "beta": bias, "moving_mean": 0 * one,
+                      "moving_variance": (1 - layer.epsilon) * one}
+            layer.set_weights([values[w.name.split("/")[-1][:-2]] for w in layer.weights])
+    return model
+
+
+def _fit(qat, x, targets, epochs: int) -> float:
+    start = time.perf_counter()
+    callbacks = tfqnet.callbacks(qat, epochs)
+    qat.fit(x, targets, epochs=epochs, batch_size=BATCH, verbose=0, callbacks=callbacks)
+    return time.perf_counter() - start
+
+
 def run_row(name: str, float_model: keras.Model, data, seed: int, epochs: int) -> dict:
     method, options, distill = ROWS[name]
     options = dict(options)
     depthwise_bits = options.pop("depthwise_bits", None)
+    schedule = options.pop("schedule", None)
+    bn_reestimate = options.pop("bn_reestimate", False)
+    progressive = options.pop("progressive", False)
     depthwise = {layer.name: depthwise_bits for layer in float_model.layers
                  if depthwise_bits and isinstance(layer, keras.layers.DepthwiseConv2D)}
     x_fit, y_fit, x_val, y_val, x_test, y_test = data
     keras.utils.set_random_seed(seed + 1)
+    teacher = float_model
+    if bn_reestimate:
+        float_model = reestimated_batch_norms(float_model, x_fit)
+    staged_seconds = 0.0
+    if progressive:
+        for bits in PROGRESSIVE_STAGES:
+            stage = compile_classifier(
+                tfqnet.quantize_model(float_model, "uniform", bits, 8), QAT_LR)
+            staged_seconds += _fit(stage, x_fit, y_fit, 1)
+            float_model = with_qat_weights(float_model, stage)
+        epochs -= len(PROGRESSIVE_STAGES)
+    lr = QAT_LR
+    if schedule:
+        steps = epochs * int(np.ceil(len(x_fit) / BATCH))
+        warmup = int(round(WARMUP_SHARE * steps))
+        lr = keras.optimizers.schedules.CosineDecay(
+            0.0, steps - warmup, warmup_target=QAT_LR, warmup_steps=warmup)
     if method == "tfmot":
         keep = policy_bits(float_model, options.get("policy", "auto"))
         qat = tfmot_n_bit(float_model, 2, 8, keep_8_bit={**keep, **depthwise})
@@ -117,17 +215,19 @@ def run_row(name: str, float_model: keras.Model, data, seed: int, epochs: int) -
         if depthwise:
             options["overrides"] = {n: {"weight_bits": b} for n, b in depthwise.items()}
         qat = tfqnet.quantize_model(float_model, method, 2, 8, **options)
-    callbacks = [] if method == "tfmot" else tfqnet.callbacks(qat, epochs)
     if distill:
-        qat.compile(keras.optimizers.Adam(QAT_LR), tfqnet.DistillationLoss(**KD),
+        qat.compile(keras.optimizers.Adam(lr), tfqnet.DistillationLoss(**KD),
                     metrics=[tfqnet.DistillationAccuracy()])
-        targets = tfqnet.distillation_targets(y_fit, float_model.predict(x_fit, verbose=0))
+        targets = tfqnet.distillation_targets(y_fit, teacher.predict(x_fit, verbose=0))
     else:
-        compile_classifier(qat, QAT_LR)
+        compile_classifier(qat, lr)
         targets = y_fit
-    start = time.perf_counter()
-    qat.fit(x_fit, targets, epochs=epochs, batch_size=BATCH, verbose=0, callbacks=callbacks)
-    seconds = time.perf_counter() - start
+    if method == "tfmot":
+        start = time.perf_counter()
+        qat.fit(x_fit, targets, epochs=epochs, batch_size=BATCH, verbose=0)
+        seconds = time.perf_counter() - start
+    else:
+        seconds = staged_seconds + _fit(qat, x_fit, targets, epochs)
     keras_test = qat.predict(x_test, verbose=0)
     result = {"train_s": seconds, "keras_val": accuracy(qat.predict(x_val, verbose=0), y_val),
               "keras_test": accuracy(keras_test, y_test)}
