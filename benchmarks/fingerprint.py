@@ -56,9 +56,10 @@ CONFIGS = {
                                                    "input_scale": PIXEL_SCALE}), {}, True),
 }
 
-#: configs measured on some tasks only. SRQ estimates one value table per output channel
-#: for 2-bit indices, so on the MobileNetV2-style model's small kernels indices never
-#: look smaller than INT4: the all-4-bit budget is below what it can export there.
+#: configs measured on some tasks only. On the MobileNetV2-style model the all-4-bit
+#: budget is below the smallest model SRQ can export (10488 < 10808 bytes): its first and
+#: last layers keep 8 bits, and its kernels are too small for 2-bit indices to pay for
+#: the file overhead SRQ counts per compressed filter.
 CONFIG_TASKS = {"srq learned compressed": ("digits",)}
 
 

@@ -311,22 +311,28 @@ def test_compressed_storage_counts_lookup_table_bytes():
     assert storage_form(n, 8, "compressed") == ("int8", n)  # 255 codes: no 7-bit index
     # int4 storage is the container whatever the width
     assert [kernel_bytes(n, b) for b in range(2, 9)] == [n // 2] * 3 + [n] * 4
-    # per channel, the tables and the file overhead: conv2 (32 channels) gains at 2 bits only
-    conv2 = [storage_form(SIZES["conv2"], b, "compressed", 32) for b in range(2, 9)]
+    # a table per channel and the file overhead of 32 channels: conv2 gains at 2 bits only
+    conv2 = [storage_form(SIZES["conv2"], b, "compressed", 32, channels=32) for b in range(2, 9)]
     assert conv2[0] == ("2-bit LUT", 4608 * 2 // 8 + 16 + 32 * 3)
     assert [form for form, _ in conv2[1:]] == ["INT4", "INT4", "int8", "int8", "int8", "int8"]
+    # one table for all channels (how SRQ counts a kernel): also at 5 and 6 bits
+    conv2 = [storage_form(SIZES["conv2"], b, "compressed", channels=32) for b in range(2, 9)]
+    assert conv2[3] == ("5-bit LUT", 4608 * 5 // 8 + 16 + 31)
+    assert [form for form, _ in conv2] == ["2-bit LUT", "INT4", "INT4", "5-bit LUT",
+                                           "6-bit LUT", "int8", "int8"]
     for size, tables, dense in ((144, 16, False), (4608, 32, False), (32768, 1, False),
                                 (640, 1, False), (32768, 64, True), (640, 10, True)):
-        costs = [kernel_bytes(size, b, "compressed", tables, dense) for b in range(2, 9)]
+        costs = [kernel_bytes(size, b, "compressed", tables, dense, tables)
+                 for b in range(2, 9)]
         assert costs == sorted(costs)  # never more bytes for fewer bits
         assert all(c <= kernel_bytes(size, b, per_channel_dense=dense)
                    for b, c in zip(range(2, 9), costs, strict=True))
     # a per-channel Dense kernel is never INT4 (TFLM has no per-channel INT4
     # FULLY_CONNECTED): int8, or indices where those are smaller
     assert [kernel_bytes(n, b, per_channel_dense=True) for b in range(2, 9)] == [n] * 7
-    assert storage_form(n, 4, "compressed", 64, True) == (
+    assert storage_form(n, 4, "compressed", 64, True, 64) == (
         "4-bit LUT", lut_weight_bytes(n, 4, 64, 15))
-    assert storage_form(640, 2, "compressed", 10, True) == ("int8", 640)  # too small
+    assert storage_form(640, 2, "compressed", 10, True, 10) == ("int8", 640)  # too small
 
 
 def _frozen_with_gates(float_digits_model, storage, **layer_logits):
@@ -351,8 +357,8 @@ def test_compressed_storage_buys_wider_layers_at_the_all_4_bit_budget(float_digi
     _, compressed, report = _frozen_with_gates(float_digits_model, "compressed")
     # fc1 drops its least confident bits to 3 (a 3-bit LUT): room for the rest at 8 bits
     assert compressed == {"conv1": 8, "conv2": 8, "fc1": 3, "logits": 8}
-    # fc1 per channel: 64 tables of 7 codes
-    assert report.total_bytes == (3 * SIZES["fc1"]) // 8 + 16 + 64 * 7 + 144 + 4608 + 640
+    # fc1 (per channel): one table of 7 codes for all 64 channels
+    assert report.total_bytes == (3 * SIZES["fc1"]) // 8 + 16 + 7 + 144 + 4608 + 640
     assert report.total_bytes <= ALL_INT4_BYTES
     assert report.as_dict()["fc1"]["stored_as"] == "3-bit LUT"
     assert "| fc1 | 3 (8) | default | yes | 32768 | 3-bit LUT |" in report.table()
@@ -395,10 +401,13 @@ def test_budget_that_leaves_nothing_to_trade_decides_the_widths(float_digits_mod
     assert decided(int(1.15 * ALL_INT4_BYTES))[1] == [8, 8, 4, 8]
     # room for conv2 or for the two small layers in int8, not for all three: a trade
     assert decided(BUDGET_BYTES)[1] is None
-    # compressed: a 3-bit fc1 pays for the others' 8 bits; a 4-bit one (4-bit indices and
-    # 64 tables: a per-channel Dense kernel is never INT4) does not fit even with the
-    # others at their cheapest, so 3 bits is fc1's cap and the caps fit at once
-    assert decided(ALL_INT4_BYTES, storage="compressed")[1] == [8, 8, 3, 8]
+    # compressed: a 4-bit fc1 (4-bit indices: a per-channel Dense kernel is never INT4)
+    # fits the all-4-bit bytes with conv2 at 2 bits, and a 3-bit one with the others at
+    # 8 bits: a trade
+    assert decided(ALL_INT4_BYTES, storage="compressed")[1] is None
+    # 1000 bytes fewer: a 4-bit fc1 does not fit even with the others at their cheapest,
+    # so 3 bits is fc1's cap, and a 3-bit fc1 pays for the others' 8 bits
+    assert decided(ALL_INT4_BYTES - 1000, storage="compressed")[1] == [8, 8, 3, 8]
     # a bit penalty prices bits the budget would allow
     assert decided(ALL_INT4_BYTES, bit_penalty=0.1)[1] is None
     srq._learned(qat)[0]._state["frozen_bits"].assign(4.0)

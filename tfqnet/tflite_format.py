@@ -79,16 +79,16 @@ LUT_PARAMS_OFFSET = 5
 LUT_ONE_TABLE_AXIS = 0xF
 #: Bound on the bytes a compressed filter adds to the flatbuffer besides its indices,
 #: header and tables: the decoded tensor (its shape, quantization and layer name), the
-#: ancillary tensor, their buffers and the TFLM_DECODE operator; and per table counted
-#: (SRQ counts one per channel of a per-channel kernel) room for the copy of a
-#: channel's scale and zero point the encoded tensor carries until compaction drops
-#: it. Compacted, measured on a MobileNetV2-style model's 1x1 filters compressed alone
-#: (24-96 channels): 189-232 bytes, whatever the channel count; filters sharing one
-#: table share its ancillary tensor too (9 such filters: ~112 bytes each).
+#: ancillary tensor, their buffers and the TFLM_DECODE operator; and per output channel
+#: of a per-channel kernel room for the copy of its scale and zero point the encoded
+#: tensor carries until compaction drops it. Compacted, measured on a MobileNetV2-style
+#: model's 1x1 filters compressed alone (24-96 channels): 189-232 bytes, whatever the
+#: channel count; filters sharing one table share its ancillary tensor too (9 such
+#: filters: ~112 bytes each).
 #: Uncompacted, on the digits CNN: 153-177 bytes per tensor, 364-378 with 16 channels,
 #: 552-560 with 32. The bound has room for both and longer names.
 DECODE_OVERHEAD_BYTES = 384
-DECODE_OVERHEAD_PER_TABLE = 16
+DECODE_OVERHEAD_PER_CHANNEL = 16
 #: how weights may be stored: in their INT4/int8 containers, or TFLM-compressed
 STORAGES = ("int4", "compressed")
 
@@ -102,7 +102,7 @@ def lut_weight_bytes(count: int, index_bits: int, tables: int, entries: int) -> 
 
 
 def storage_form(size: int, width: int, storage: str = "int4", tables: int = 1,
-                 per_channel_dense: bool = False) -> tuple[str, int]:
+                 per_channel_dense: bool = False, channels: int = 1) -> tuple[str, int]:
     """How a kernel of ``size`` weights at ``width`` bits is stored, and its weight bytes.
 
     ``"int4"`` storage (plain :func:`tfqnet.convert`): its container (``"INT4"`` or
@@ -110,7 +110,7 @@ def storage_form(size: int, width: int, storage: str = "int4", tables: int = 1,
     ``"compressed"`` storage (``convert(..., compress=True)``, TFLM only): the
     ``width``-bit lookup-table indices, decode header and ``tables`` tables of
     ``2**width - 1`` entries (every code of the narrow-range grid) when those plus
-    ``DECODE_OVERHEAD_BYTES + DECODE_OVERHEAD_PER_TABLE * tables`` are fewer than the
+    ``DECODE_OVERHEAD_BYTES + DECODE_OVERHEAD_PER_CHANNEL * channels`` are fewer than the
     container bytes: then compression shrinks the file, so ``compress`` stores the
     kernel so (a kernel using fewer codes only gets smaller). Else the container.
     """
@@ -120,13 +120,13 @@ def storage_form(size: int, width: int, storage: str = "int4", tables: int = 1,
     if storage == "int4" or width > MAX_INDEX_BITS:
         return container, packed
     lut = lut_weight_bytes(size, width, tables, 2 ** width - 1)
-    overhead = DECODE_OVERHEAD_BYTES + DECODE_OVERHEAD_PER_TABLE * tables
+    overhead = DECODE_OVERHEAD_BYTES + DECODE_OVERHEAD_PER_CHANNEL * channels
     return (f"{width}-bit LUT", lut) if lut + overhead < packed else (container, packed)
 
 
 def kernel_bytes(size: int, width: int, storage: str = "int4", tables: int = 1,
-                 per_channel_dense: bool = False) -> int:
+                 per_channel_dense: bool = False, channels: int = 1) -> int:
     """Weight bytes of a kernel of ``size`` weights stored at ``width`` bits
-    (:func:`storage_form`; ``tables``: its value tables, one per output channel when
-    the kernel is quantized per channel)."""
-    return storage_form(size, width, storage, tables, per_channel_dense)[1]
+    (:func:`storage_form`; ``tables``: its value tables, ``channels``: its quantization
+    channels)."""
+    return storage_form(size, width, storage, tables, per_channel_dense, channels)[1]

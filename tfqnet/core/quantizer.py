@@ -144,8 +144,9 @@ class Quantizer(_TFMOT_QUANTIZER, abc.ABC):
 
     #: how the kernel's bytes are counted, one of ``tfqnet.tflite_format.STORAGES``
     storage: str = "int4"
-    #: value tables of the kernel when stored compressed (one per output channel, or 1)
-    tables: int = 1
+    #: quantization channels of the kernel (1 per tensor): each may add a copy of its
+    #: scale and zero point to a compressed, uncompacted file
+    channels: int = 1
 
     @property
     def learns_width(self) -> bool:

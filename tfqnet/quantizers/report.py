@@ -3,7 +3,7 @@ a QAT model of any method.
 
 It reads each weight quantizer through the report protocol of
 :class:`tfqnet.core.quantizer.Quantizer` (``kernel_bits``, ``learns_width``,
-``max_kernel_bits``, ``storage``, ``tables``, ``weight_budget_bytes``) and counts bytes
+``max_kernel_bits``, ``storage``, ``channels``, ``weight_budget_bytes``) and counts bytes
 by the rules of :mod:`tfqnet.tflite_format`.
 """
 
@@ -71,7 +71,7 @@ def bit_width_report(model: keras.Model) -> BitWidthReport:
     int8 (the converter quantizes them post-training). Bytes are those the flatbuffer's
     kernel tensors take as ``tfqnet.convert(model, x)`` stores them: INT4 two weights a
     byte, int8 one; fixed-width kernels below 4 bits (``compress="auto"``: one value
-    table per kernel) and those with ``storage="compressed"`` (SRQ: its ``tables``) as
+    table per kernel) and those with ``storage="compressed"`` (SRQ) as
     :func:`tfqnet.tflite_format.storage_form` stores them (lookup-table indices where
     that shrinks the file). With no compressed kernel
     the total equals ``FlatbufferModel.from_bytes(flatbuffer).weight_bytes()``, else it
@@ -94,17 +94,18 @@ def bit_width_report(model: keras.Model) -> BitWidthReport:
         per_axis = bool(getattr(quantizer, "per_axis", False))
         if quantizer is None:  # left float: the converter stores it in int8
             width = max_bits = 8
-            learned, storage, tables, bits_from = False, "int4", 1, "skip"
+            learned, storage, channels, bits_from = False, "int4", 1, "skip"
         else:
             width, max_bits = quantizer.kernel_bits(), quantizer.max_kernel_bits()
             learned, storage = quantizer.learns_width, quantizer.export_storage()
-            # a fixed-width kernel's codes all fit one table at its width, and convert
-            # stores one table wherever that is not larger than a table per channel
-            tables = quantizer.tables if quantizer.storage == "compressed" else 1
+            channels = quantizer.channels if quantizer.storage == "compressed" else 1
             bits_from = config.bits_from
             budgets.add(quantizer.weight_budget_bytes())
         dense = grid.is_per_channel_dense(len(shape), per_axis)
-        stored_as, weight_bytes = storage_form(size, width, storage, tables, dense)
+        # a kernel's codes at its width all fit one table, and convert stores one
+        # table wherever that is not larger than a table per channel
+        stored_as, weight_bytes = storage_form(size, width, storage, per_channel_dense=dense,
+                                                channels=channels)
         rows.append({
             "layer": inner.name,
             "bits_from": bits_from,

@@ -80,9 +80,9 @@ all bits kept, ~1% chance each gate samples 0). The costs, added as a model loss
   all-4-bit bytes every layer ends at (at most) 4 bits, decided before training (below).
 * ``"compressed"``: as ``tfqnet.convert(..., compress=True)`` stores them (TFLM
   compression, op ``TFLM_DECODE``: **the model runs on TensorFlow Lite Micro only**):
-  a ``b``-bit kernel (``b <= 7``) as ``b``-bit indices into value tables of ``2**b - 1``
-  int8 entries (one table per output channel; Conv1D kernels: one) plus a 16-byte
-  decode header, where that beats its
+  a ``b``-bit kernel (``b <= 7``) as ``b``-bit indices into one value table of ``2**b - 1``
+  int8 entries (every code of the grid: TFLM reads one table for every channel) plus a
+  16-byte decode header, where that beats its
   INT4/int8 container by more than a bound on the file overhead of a compressed filter
   (:func:`tfqnet.tflite_format.storage_form`; ``compress`` keeps a filter only if the
   file shrinks). Bits

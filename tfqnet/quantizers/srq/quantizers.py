@@ -113,7 +113,7 @@ class SRQWeightQuantizer(_SRQQuantizer):
         self.storage = check_storage(storage)
         self._state: dict[str, tf.Variable] | None = None
         self.size = 0
-        self.tables = 1
+        self.channels = 1
         self.per_channel_dense = False
 
     def get_config(self) -> dict:
@@ -155,7 +155,7 @@ class SRQWeightQuantizer(_SRQQuantizer):
             state["frozen_bits"] = self.add_state(layer, name + "_srq_frozen_bits")
         self._state = state
         self.size = math.prod(int(d) for d in tensor_shape)
-        self.tables = shape[0] if shape else 1  # per-channel kernels: a table per channel
+        self.channels = shape[0] if shape else 1
         self.per_channel_dense = grid.is_per_channel_dense(len(tensor_shape), self.per_axis)
         return state
 
@@ -204,7 +204,8 @@ class SRQWeightQuantizer(_SRQQuantizer):
 
     def stored_bytes(self, width: int) -> int:
         """Weight bytes of this kernel at ``width`` bits in its ``storage``."""
-        return kernel_bytes(self.size, width, self.storage, self.tables, self.per_channel_dense)
+        return kernel_bytes(self.size, width, self.storage,
+                            per_channel_dense=self.per_channel_dense, channels=self.channels)
 
     def expected_bytes(self) -> tf.Tensor:
         """Expected exported bytes ``B_2 + sum_b sg(P_3 ... P_{b-1}) P_b (B_b - B_{b-1})``
