@@ -147,29 +147,26 @@ def with_qat_weights(float_model: keras.Model, qat: keras.Model) -> keras.Model:
     compute: each weighted layer takes its QAT kernel, which has its BatchNormalization
     folded in, so that BN becomes the identity plus the folded bias."""
     model = _copy(float_model)
-    folded_bias = {}
+    batch_norm_of = {layer._inbound_nodes[0].inbound_layers.name: layer for layer in model.layers
+                     if isinstance(layer, keras.layers.BatchNormalization)}
     for layer in model.layers:
         if type(layer) not in (keras.layers.Conv2D, keras.layers.DepthwiseConv2D,
                                keras.layers.Dense):
             continue
         wrapper = qat.get_layer("quant_" + layer.name)
         kernel = wrapper._weight_vars[0][0]  # (variable, quantizer, state), as TFMOT keeps it
-        weights = [kernel.numpy()]
-        if layer.use_bias:
-            weights.append(wrapper.layer.bias.numpy())
-        else:
-            folded_bias[layer.name] = wrapper.layer.bias.numpy()
-        layer.set_weights(weights)
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            producer = layer._inbound_nodes[0].inbound_layers
-            bias = folded_bias.get(producer.name)
-            if bias is None:
-                raise ValueError(f"{layer.name} was not folded into {producer.name}")
-            one = np.ones_like(bias)
-            values = {"gamma": one, "beta": bias, "moving_mean": 0 * one,
-                      "moving_variance": (1 - layer.epsilon) * one}
-            layer.set_weights([values[w.name.split("/")[-1][:-2]] for w in layer.weights])
+        bias = wrapper.layer.bias.numpy()
+        batch_norm = batch_norm_of.pop(layer.name, None)
+        if batch_norm is None:
+            layer.set_weights([kernel.numpy(), bias] if layer.use_bias else [kernel.numpy()])
+            continue
+        layer.set_weights([kernel.numpy(), 0 * bias] if layer.use_bias else [kernel.numpy()])
+        one = np.ones_like(bias)
+        values = {"gamma": one, "beta": bias, "moving_mean": 0 * one,
+                  "moving_variance": (1 - batch_norm.epsilon) * one}
+        batch_norm.set_weights([values[w.name.split("/")[-1][:-2]] for w in batch_norm.weights])
+    if batch_norm_of:
+        raise ValueError(f"BatchNormalization not after a weighted layer: {list(batch_norm_of)}")
     return model
 
 

@@ -7,7 +7,19 @@ import numpy as np
 import tfqnet
 from benchmarks.bench_lowbit import reestimated_batch_norms, with_qat_weights
 from tfqnet._keras import keras
-from tfqnet.models import mobilenet_v2_tiny
+
+L = keras.layers
+
+
+def _small_model() -> keras.Model:
+    """Conv (no bias), depthwise and conv (with bias) kernels, each followed by a BN."""
+    inputs = keras.Input((8, 8, 1))
+    x = L.ReLU()(L.BatchNormalization(name="bn1")(L.Conv2D(4, 3, use_bias=False,
+                                                          name="conv")(inputs)))
+    x = L.ReLU()(L.BatchNormalization(name="bn2")(
+        L.DepthwiseConv2D(3, padding="same", use_bias=False, name="depthwise")(x)))
+    x = L.BatchNormalization(name="bn3")(L.Conv2D(6, 1, name="pointwise")(x))
+    return keras.Model(inputs, L.Dense(3, name="logits")(L.GlobalAveragePooling2D()(x)))
 
 
 def _with_random_batch_norms(model: keras.Model, rng: np.random.Generator) -> keras.Model:
@@ -24,26 +36,29 @@ def _with_random_batch_norms(model: keras.Model, rng: np.random.Generator) -> ke
 def test_with_qat_weights_computes_what_the_qat_latent_weights_compute():
     rng = np.random.default_rng(0)
     keras.utils.set_random_seed(0)
-    model = _with_random_batch_norms(mobilenet_v2_tiny(), rng)
+    model = _with_random_batch_norms(_small_model(), rng)
+    for layer in model.layers:  # a bias that is not zero where the kernel has one
+        if getattr(layer, "use_bias", False):
+            layer.bias.assign(rng.normal(0, 0.2, layer.bias.shape))
     qat = tfqnet.quantize_model(model, "uniform", 8, 8)
     # the QAT kernels are the BN-folded float kernels until trained: the copy, built
     # from them with identity BNs, must compute the float model
     copy = with_qat_weights(model, qat)
-    x = rng.uniform(0, 1, (8, 16, 16, 1)).astype(np.float32)
+    x = rng.uniform(0, 1, (8, 8, 8, 1)).astype(np.float32)
     np.testing.assert_allclose(copy.predict(x, verbose=0), model.predict(x, verbose=0),
                                atol=1e-4)
     # and the copy follows the QAT kernels, not the original ones
-    stem = qat.get_layer("quant_stem")._weight_vars[0][0]
-    stem.assign(stem * 0.0)
-    assert np.all(with_qat_weights(model, qat).get_layer("stem").get_weights()[0] == 0)
+    kernel = qat.get_layer("quant_conv")._weight_vars[0][0]
+    kernel.assign(kernel * 0.0)
+    assert np.all(with_qat_weights(model, qat).get_layer("conv").get_weights()[0] == 0)
 
 
 def test_reestimated_batch_norms_hold_their_inputs_statistics():
     rng = np.random.default_rng(1)
     keras.utils.set_random_seed(1)
-    model = _with_random_batch_norms(mobilenet_v2_tiny(), rng)
+    model = _with_random_batch_norms(_small_model(), rng)
     before = [w.copy() for w in model.get_weights()]
-    x = rng.uniform(0, 1, (64, 16, 16, 1)).astype(np.float32)
+    x = rng.uniform(0, 1, (64, 8, 8, 1)).astype(np.float32)
     fixed = reestimated_batch_norms(model, x)
     for layer in fixed.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
