@@ -23,8 +23,8 @@ float model's BatchNormalization moving statistics are replaced by the exact sta
 of the fit images before ``quantize_model`` folds them; ``progressive 8 -> 4 -> 2``: one
 epoch of ``uniform`` at 8-bit, one at 4-bit weights, each stage starting from the last
 one's trained weights, then the method's ternary stage for the remaining epochs, so the
-row costs the same epochs). TFMOT's straight-through ternary (its n-bit scheme at W2A8, the suite's
-baseline) runs with the same policies (:func:`benchmarks.baselines.tfmot_n_bit`), for
+row costs the same epochs). TFMOT's straight-through ternary (its n-bit scheme at W2A8,
+the suite's baseline) runs with the same policies (:func:`benchmarks.baselines.tfmot_n_bit`), for
 a fair comparison.
 
 Columns: accuracy (validation, test) on TFLM for tfqnet rows, of the Keras QAT model
@@ -157,10 +157,10 @@ def with_qat_weights(float_model: keras.Model, qat: keras.Model) -> keras.Model:
         kernel = wrapper._weight_vars[0][0]  # (variable, quantizer, state), as TFMOT keeps it
         bias = wrapper.layer.bias.numpy()
         batch_norm = batch_norm_of.pop(layer.name, None)
+        own_bias = bias if batch_norm is None else 0 * bias  # else the BN adds it
+        layer.set_weights([kernel.numpy(), own_bias] if layer.use_bias else [kernel.numpy()])
         if batch_norm is None:
-            layer.set_weights([kernel.numpy(), bias] if layer.use_bias else [kernel.numpy()])
             continue
-        layer.set_weights([kernel.numpy(), 0 * bias] if layer.use_bias else [kernel.numpy()])
         one = np.ones_like(bias)
         values = {"gamma": one, "beta": bias, "moving_mean": 0 * one,
                   "moving_variance": (1 - batch_norm.epsilon) * one}
@@ -170,10 +170,10 @@ def with_qat_weights(float_model: keras.Model, qat: keras.Model) -> keras.Model:
     return model
 
 
-def _fit(qat, x, targets, epochs: int) -> float:
+def _fit(model, x, targets, epochs: int, callbacks: list) -> float:
+    """Trains ``model``; returns the wall seconds of ``fit``."""
     start = time.perf_counter()
-    callbacks = tfqnet.callbacks(qat, epochs)
-    qat.fit(x, targets, epochs=epochs, batch_size=BATCH, verbose=0, callbacks=callbacks)
+    model.fit(x, targets, epochs=epochs, batch_size=BATCH, verbose=0, callbacks=callbacks)
     return time.perf_counter() - start
 
 
@@ -196,7 +196,7 @@ def run_row(name: str, float_model: keras.Model, data, seed: int, epochs: int) -
         for bits in PROGRESSIVE_STAGES:
             stage = compile_classifier(
                 tfqnet.quantize_model(float_model, "uniform", bits, 8), QAT_LR)
-            staged_seconds += _fit(stage, x_fit, y_fit, 1)
+            staged_seconds += _fit(stage, x_fit, y_fit, 1, tfqnet.callbacks(stage, 1))
             float_model = with_qat_weights(float_model, stage)
         epochs -= len(PROGRESSIVE_STAGES)
     lr = QAT_LR
@@ -219,12 +219,8 @@ def run_row(name: str, float_model: keras.Model, data, seed: int, epochs: int) -
     else:
         compile_classifier(qat, lr)
         targets = y_fit
-    if method == "tfmot":
-        start = time.perf_counter()
-        qat.fit(x_fit, targets, epochs=epochs, batch_size=BATCH, verbose=0)
-        seconds = time.perf_counter() - start
-    else:
-        seconds = staged_seconds + _fit(qat, x_fit, targets, epochs)
+    callbacks = [] if method == "tfmot" else tfqnet.callbacks(qat, epochs)
+    seconds = staged_seconds + _fit(qat, x_fit, targets, epochs, callbacks)
     keras_test = qat.predict(x_test, verbose=0)
     result = {"train_s": seconds, "keras_val": accuracy(qat.predict(x_val, verbose=0), y_val),
               "keras_test": accuracy(keras_test, y_test)}
