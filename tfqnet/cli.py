@@ -424,9 +424,9 @@ def _parser() -> argparse.ArgumentParser:
 
 class _Terminate:
     """SIGTERM handled as Python handles SIGINT: raised as KeyboardInterrupt in the main
-    thread, so every ``with`` block unwinds (temporary directories removed) and
-    ``subprocess.run`` kills and reaps the child it waits for. SIGTERM's default action
-    ends the process on the spot and leaves both behind."""
+    thread, so every ``with`` block unwinds (temporary directories removed) and the
+    child being waited for is killed and reaped (``micro.isolated``). SIGTERM's default
+    action ends the process on the spot and leaves both behind."""
 
     def __init__(self):
         self.received = False

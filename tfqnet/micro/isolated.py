@@ -30,14 +30,30 @@ class ChildResult:
 
 
 def run_python(script: str, args: list[str], timeout: float) -> ChildResult:
-    """Runs ``python -c script args...`` with TensorFlow's logging silenced."""
+    """Runs ``python -c script args...`` with TensorFlow's logging silenced.
+
+    Whatever stops the wait (the timeout, KeyboardInterrupt, SIGTERM raised as one)
+    kills the child and reaps it before returning or re-raising: ``subprocess.run``
+    does not wait for a child it killed on KeyboardInterrupt, so the child could
+    outlive the command that started it."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.Popen([sys.executable, "-c", script, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
     try:
-        proc = subprocess.run([sys.executable, "-c", script, *args], capture_output=True,
-                              text=True, timeout=timeout, env=env, check=False)
-    except subprocess.TimeoutExpired as expired:
-        return ChildResult(None, _text(expired.stdout), _text(expired.stderr), timeout)
-    return ChildResult(proc.returncode, proc.stdout, proc.stderr, timeout)
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        stdout, stderr = proc.communicate()
+        return ChildResult(None, _text(stdout), _text(stderr), timeout)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+    return ChildResult(proc.returncode, stdout, stderr, timeout)
 
 
 def _text(value: str | bytes | None) -> str:
