@@ -11,7 +11,7 @@ train on the other 80%. Defaults are
 chosen on the validation accuracy; the test split (450 images) is reported beside it.
 
 Each row re-trains a copy of the seed's float model for ``--epochs`` epochs (Adam
-5e-4, batch 32, seed ``seed + 1``) at ternary weights and 8-bit activations, converts
+5e-4 or ``--lr``, batch 32, seed ``seed + 1``) at ternary weights and 8-bit activations, converts
 it the default way (``tfqnet.convert``: ``compress="auto"``) and runs it on the TFLM
 runtime. Rows differ in the layer policy (``quantize_model(..., policy=...)``: none,
 the first/last layer at 8 bits, that plus depthwise kernels at 8 or at 4 bits: the
@@ -177,7 +177,8 @@ def _fit(model, x, targets, epochs: int, callbacks: list) -> float:
     return time.perf_counter() - start
 
 
-def run_row(name: str, float_model: keras.Model, data, seed: int, epochs: int) -> dict:
+def run_row(name: str, float_model: keras.Model, data, seed: int, epochs: int,
+            qat_lr: float = QAT_LR) -> dict:
     method, options, distill = ROWS[name]
     options = dict(options)
     depthwise_bits = options.pop("depthwise_bits", None)
@@ -195,16 +196,16 @@ def run_row(name: str, float_model: keras.Model, data, seed: int, epochs: int) -
     if progressive:
         for bits in PROGRESSIVE_STAGES:
             stage = compile_classifier(
-                tfqnet.quantize_model(float_model, "uniform", bits, 8), QAT_LR)
+                tfqnet.quantize_model(float_model, "uniform", bits, 8), qat_lr)
             staged_seconds += _fit(stage, x_fit, y_fit, 1, tfqnet.callbacks(stage, 1))
             float_model = with_qat_weights(float_model, stage)
         epochs -= len(PROGRESSIVE_STAGES)
-    lr = QAT_LR
+    lr = qat_lr
     if schedule:
         steps = epochs * int(np.ceil(len(x_fit) / BATCH))
         warmup = int(round(WARMUP_SHARE * steps))
         lr = keras.optimizers.schedules.CosineDecay(
-            0.0, steps - warmup, warmup_target=QAT_LR, warmup_steps=warmup)
+            0.0, steps - warmup, warmup_target=qat_lr, warmup_steps=warmup)
     if method == "tfmot":
         keep = policy_bits(float_model, options.get("policy", "auto"))
         qat = tfmot_n_bit(float_model, 2, 8, keep_8_bit={**keep, **depthwise})
@@ -253,6 +254,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help="QAT epochs per row")
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     parser.add_argument("--task", choices=["mobilenet", "hard"], default="mobilenet")
+    parser.add_argument("--lr", type=float, default=QAT_LR,
+                        help=f"Adam's QAT rate for every row (default {QAT_LR:g})")
     parser.add_argument("--section", default="", help="suffix of the BENCHMARKS.md section "
                         "(to keep another set of rows beside the default one)")
     args = parser.parse_args()
@@ -269,7 +272,8 @@ def main() -> None:
             "test": accuracy(float_model.predict(data[4], verbose=0), data[5]),
         })
         for name in args.rows:
-            results[name].append(run_row(name, float_model, data, seed, args.epochs))
+            results[name].append(run_row(name, float_model, data, seed, args.epochs,
+                                         args.lr))
             r = results[name][-1]
             print(f"seed {seed} {name}: val {r['val']:.4f} test {r['test']:.4f} "
                   f"[{r['train_s']:.0f} s]", flush=True)
@@ -310,8 +314,8 @@ def main() -> None:
                         "test vs float (points)", "lowest agreement", "weight bytes",
                         "vs int8", "flatbuffer bytes", "train s"], table)
         + f"\n\nSeeds {args.seeds}; float {FLOAT_EPOCHS} epochs on 80% of the training "
-        f"images, then {args.epochs} QAT epochs per row; validation: the other 20% "
-        f"({len(data[2])} images); test: {len(data[4])} images; mean ± std over seeds. "
+        f"images, then {args.epochs} QAT epochs per row (Adam {args.lr:g}); validation: the "
+        f"other 20% ({len(data[2])} images); test: {len(data[4])} images; mean ± std over seeds. "
         f"Float validation {float_val:.4f}. KD: {KD}. Wall time of the run: "
         f"{(time.time() - started) / 60:.1f} min.\n\n"
         + markdown_table(["target (issue 18)", "measured", "verdict"], targets) + "\n"
