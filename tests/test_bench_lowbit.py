@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 import tfqnet
-from benchmarks.bench_lowbit import reestimated_batch_norms, with_qat_weights
+from benchmarks.bench_lowbit import (
+    chosen_rates,
+    issue_targets,
+    reestimated_batch_norms,
+    with_qat_weights,
+)
 from tfqnet._keras import keras
 
 L = keras.layers
@@ -69,3 +74,25 @@ def test_reestimated_batch_norms_hold_their_inputs_statistics():
                                        rtol=1e-3, atol=1e-5)
     for old, new in zip(before, model.get_weights(), strict=True):
         np.testing.assert_array_equal(old, new)  # the model given is left as it was
+
+
+def _result(val: float, test: float) -> dict:
+    return {"val": val, "test": test, "agreement": 1.0, "weight_bytes": 30,
+            "int8_bytes": 100, "flatbuffer_bytes": 200, "train_s": 1.0}
+
+
+def test_each_rows_rate_is_chosen_on_validation_and_the_targets_read_it():
+    """A rate sweep must never pick by test accuracy: the rate with the better test
+    split but the worse validation split loses, for tfqnet and TFMOT rows alike."""
+    ours = "crq ternary, first/last 8-bit + depthwise 4-bit, hard_fraction 1 (default)"
+    theirs = "TFMOT STE ternary, first/last 8-bit + depthwise 4-bit"
+    results = {(ours, 1e-3): [_result(0.90, 0.99)], (ours, 2e-3): [_result(0.95, 0.93)],
+               (theirs, 1e-3): [_result(0.94, 0.92)], (theirs, 2e-3): [_result(0.80, 0.98)]}
+    rates = chosen_rates(results, [ours, theirs], [1e-3, 2e-3])
+    assert rates == {ours: 2e-3, theirs: 1e-3}
+    chosen = {name: results[name, lr] for name, lr in rates.items()}
+    within, _, _, better = issue_targets(chosen, float_test=0.95)
+    assert "-2.0 points" in within[1] and within[2] == "met"
+    assert "0.9300" in better[1] and "0.9200" in better[1] and better[2] == "met"
+    within, _, _, _ = issue_targets(chosen, float_test=0.97)
+    assert "-4.0 points" in within[1] and within[2] == "**missed**"
