@@ -1,15 +1,17 @@
 """Issue 18: ternary weights beyond digits: layer policy, distillation, storage.
 
     python -m benchmarks.bench_lowbit [--seeds 0 1 2] [--epochs 4] [--rows NAME ...]
-                                      [--task mobilenet|hard] [--lr RATE ...]
+                                      [--task mobilenet|hard|digits] [--lr RATE ...]
                                       [--section NAME]
 
 The suite's MobileNetV2-style task (digits upsampled to 16x16, ``mobilenet_v2_tiny``),
 or ``--task hard`` (the same digits rotated, shifted and noised,
-:func:`benchmarks.tasks.hard_task`), with a **validation split**: the last 20% of the
-training images are held out; the float model (12 epochs, Adam 2e-3) and every row
-train on the other 80%. Defaults are chosen on the validation accuracy; the test split
-(450 images) is reported beside it.
+:func:`benchmarks.tasks.hard_task`), or ``--task digits`` (the suite's digits CNN on 8x8
+digits: what a choice costs there), with a **validation split**: the last 20% of the
+training images are held out; the float model (12 epochs, 20 for digits, Adam at the
+task's float rate: 2e-3, 1e-3 for digits) and every row train on the other 80%. Defaults
+are chosen on the validation accuracy; the test split (450 images) is reported beside
+it.
 
 Each row re-trains a copy of the seed's float model for ``--epochs`` epochs (Adam 5e-4,
 or each rate of ``--lr``: then every row runs at every rate, and the targets read each
@@ -49,13 +51,14 @@ import tfqnet
 from benchmarks.baselines import policy_bits, tfmot_n_bit
 from benchmarks.report import markdown_table, verdict, write_section
 from benchmarks.rows import BATCH, QAT_LR, accuracy, weight_bytes
-from benchmarks.tasks import hard_task, mobilenet_task
+from benchmarks.tasks import digits_task, hard_task, mobilenet_task
 from tfqnet._keras import keras
 from tfqnet.models import compile_classifier
 
-FLOAT_EPOCHS = 12
+FLOAT_EPOCHS = {"mobilenet": 12, "hard": 12, "digits": 20}  # the suite's
 DEFAULT_EPOCHS = 4  # the suite's QAT budget on this task
 VALIDATION_SHARE = 0.2
+TASKS = {"mobilenet": mobilenet_task, "hard": hard_task, "digits": digits_task}
 KD = {"temperature": 4.0, "alpha": 0.9}
 
 #: row -> (method or "tfmot", quantize_model options, distillation). Options are
@@ -307,14 +310,14 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help="QAT epochs per row")
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
-    parser.add_argument("--task", choices=["mobilenet", "hard"], default="mobilenet")
+    parser.add_argument("--task", choices=list(TASKS), default="mobilenet")
     parser.add_argument("--lr", type=float, nargs="+", default=[QAT_LR],
                         help=f"Adam's QAT rate (default {QAT_LR:g}); several: every row at "
                         "each, and each row's rate chosen on validation")
     parser.add_argument("--section", default="", help="suffix of the BENCHMARKS.md section "
                         "(to keep another set of rows beside the default one)")
     args = parser.parse_args()
-    task = mobilenet_task() if args.task == "mobilenet" else hard_task()
+    task = TASKS[args.task]()
     data = split(task)
     started = time.time()
     sweep = len(args.lr) > 1
@@ -324,7 +327,8 @@ def main() -> None:
     for seed in args.seeds:
         keras.utils.set_random_seed(seed)
         float_model = compile_classifier(task.build(), task.float_lr)
-        float_model.fit(data[0], data[1], epochs=FLOAT_EPOCHS, batch_size=BATCH, verbose=0)
+        float_model.fit(data[0], data[1], epochs=FLOAT_EPOCHS[args.task], batch_size=BATCH,
+                        verbose=0)
         floats.append({
             "val": accuracy(float_model.predict(data[2], verbose=0), data[3]),
             "test": accuracy(float_model.predict(data[4], verbose=0), data[5]),
@@ -350,7 +354,7 @@ def main() -> None:
     chosen = {name: results[name, rates[name]] for name in args.rows}
     body = (
         markdown_table(header, table)
-        + f"\n\nSeeds {args.seeds}; float {FLOAT_EPOCHS} epochs on 80% of the training "
+        + f"\n\nSeeds {args.seeds}; float {FLOAT_EPOCHS[args.task]} epochs on 80% of the training "
         f"images, then {args.epochs} QAT epochs per row (Adam "
         f"{', '.join(f'{lr:g}' for lr in args.lr)}); validation: the other 20% "
         f"({len(data[2])} images); test: {len(data[4])} images; mean ± std over seeds. "
