@@ -28,8 +28,9 @@ BatchNormalization moving statistics are replaced by the exact statistics of the
 images before ``quantize_model`` folds them; ``progressive 8 -> 4 -> 2``: one epoch of
 ``uniform`` at 8-bit, one at 4-bit weights, each stage starting from the last one's
 trained weights, then the method's ternary stage for the remaining epochs, so the row
-costs the same epochs). TFMOT's straight-through ternary (its n-bit scheme at W2A8, the
-suite's baseline) runs with the same policies
+costs the same epochs). ``uniform ternary (LSQ)`` is the shared learned-step quantizer
+at 2 bits (``qmax`` 1), with the default policy. TFMOT's straight-through ternary (its
+n-bit scheme at W2A8, the suite's baseline) runs with the same policies
 (:func:`benchmarks.baselines.tfmot_n_bit`), for a fair comparison.
 
 Columns: accuracy (validation, test) on TFLM for tfqnet rows, of the Keras QAT model
@@ -110,6 +111,7 @@ ROWS: dict[str, tuple[str, dict, bool]] = {
         "crq", {**_DEFAULT, "bn_reestimate": True}, False),
     "crq ternary, default, progressive 8 -> 4 -> 2": (
         "crq", {**_DEFAULT, "progressive": True}, False),
+    "uniform ternary (LSQ), first/last 8-bit + depthwise 4-bit": ("uniform", _FLD4, False),
     "TFMOT STE ternary, no policy": ("tfmot", {"policy": None}, False),
     "TFMOT STE ternary, first/last 8-bit": ("tfmot", _FL, False),
     "TFMOT STE ternary, first/last + depthwise 8-bit": ("tfmot", _FLD8, False),
