@@ -52,14 +52,15 @@ import tfqnet
 from benchmarks.baselines import policy_bits, tfmot_n_bit
 from benchmarks.report import markdown_table, verdict, write_section
 from benchmarks.rows import BATCH, QAT_LR, accuracy, weight_bytes
-from benchmarks.tasks import digits_task, hard_task, mobilenet_task
+from benchmarks.tasks import TASKS as SUITE_TASKS
+from benchmarks.tasks import hard_task
 from tfqnet._keras import keras
 from tfqnet.models import compile_classifier
 
 FLOAT_EPOCHS = {"mobilenet": 12, "hard": 12, "digits": 20}  # the suite's
 DEFAULT_EPOCHS = 4  # the suite's QAT budget on this task
 VALIDATION_SHARE = 0.2
-TASKS = {"mobilenet": mobilenet_task, "hard": hard_task, "digits": digits_task}
+TASKS = {**SUITE_TASKS, "hard": hard_task}
 KD = {"temperature": 4.0, "alpha": 0.9}
 
 #: row -> (method or "tfmot", quantize_model options, distillation). Options are
@@ -263,7 +264,8 @@ def chosen_rates(results: dict[tuple[str, float], list[dict]], rows: list[str],
             for name in rows}
 
 
-def _table_row(label: str, rs: list[dict], tfmot: bool, float_test: float) -> list:
+def _table_row(label: str, name: str, rs: list[dict], float_test: float) -> list:
+    tfmot = ROWS[name][0] == "tfmot"
     return [
         label, "Keras QAT" if tfmot else "TFLM", _cell([r["val"] for r in rs]),
         _cell([r["test"] for r in rs]),
@@ -349,8 +351,8 @@ def main() -> None:
     float_row = ["float", "Keras", _cell([r["val"] for r in floats]),
                  _cell([r["test"] for r in floats]), "—", "—", "—", "—", "—", "—"]
     table = [float_row] + [
-        _table_row(f"{name}, Adam {lr:g}" if sweep else name, results[name, lr],
-                   ROWS[name][0] == "tfmot", float_test)
+        _table_row(f"{name}, Adam {lr:g}" if sweep else name, name, results[name, lr],
+                   float_test)
         for name in args.rows for lr in args.lr]
     rates = chosen_rates(results, args.rows, args.lr)
     chosen = {name: results[name, rates[name]] for name in args.rows}
@@ -368,8 +370,8 @@ def main() -> None:
             "Each row at the rate with its best mean validation accuracy (the targets "
             "below read these):\n\n"
             + markdown_table(header, [float_row] + [
-                _table_row(f"{name}, Adam {rates[name]:g}", chosen[name],
-                           ROWS[name][0] == "tfmot", float_test) for name in args.rows])
+                _table_row(f"{name}, Adam {rates[name]:g}", name, chosen[name], float_test)
+                for name in args.rows])
             + "\n\n")
     body += markdown_table(["target (issue 18)", "measured", "verdict"],
                            issue_targets(chosen, float_test)) + "\n"

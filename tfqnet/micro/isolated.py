@@ -37,29 +37,19 @@ def run_python(script: str, args: list[str], timeout: float) -> ChildResult:
     does not wait for a child it killed on KeyboardInterrupt, so the child could
     outlive the command that started it."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.Popen([sys.executable, "-c", script, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        stdout, stderr = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        stdout, stderr = proc.communicate()
-        return ChildResult(None, _text(stdout), _text(stderr), timeout)
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
-    finally:
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
+    with subprocess.Popen([sys.executable, "-c", script, *args], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, env=env) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            stdout, stderr = proc.communicate()
+            return ChildResult(None, stdout, stderr, timeout)
+        except BaseException:
+            proc.kill()
+            proc.wait()  # Popen's exit does not wait on KeyboardInterrupt
+            raise
     return ChildResult(proc.returncode, stdout, stderr, timeout)
-
-
-def _text(value: str | bytes | None) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return value or ""
 
 
 def describe_exit(result: ChildResult) -> str:
