@@ -112,6 +112,7 @@ ROWS: dict[str, tuple[str, dict, bool]] = {
         "crq", {**_DEFAULT, "bn_reestimate": True}, False),
     "crq ternary, default, progressive 8 -> 4 -> 2": (
         "crq", {**_DEFAULT, "progressive": True}, False),
+    "crq ternary, default + KD": ("crq", _DEFAULT, True),
     "uniform ternary (LSQ), first/last 8-bit + depthwise 4-bit": ("uniform", _FLD4, False),
     "TFMOT STE ternary, no policy": ("tfmot", {"policy": None}, False),
     "TFMOT STE ternary, first/last 8-bit": ("tfmot", _FL, False),
