@@ -91,8 +91,27 @@ def test_each_rows_rate_is_chosen_on_validation_and_the_targets_read_it():
     rates = chosen_rates(results, [ours, theirs], [1e-3, 2e-3])
     assert rates == {ours: 2e-3, theirs: 1e-3}
     chosen = {name: results[name, lr] for name, lr in rates.items()}
-    within, _, _, better = issue_targets(chosen, float_test=0.95)
+    within, better, _, _ = issue_targets(chosen, float_test=0.95)
     assert "-2.0 points" in within[1] and within[2] == "met"
     assert "0.9300" in better[1] and "0.9200" in better[1] and better[2] == "met"
     within, _, _, _ = issue_targets(chosen, float_test=0.97)
     assert "-4.0 points" in within[1] and within[2] == "**missed**"
+
+
+def test_each_method_meets_its_own_targets_against_tfmot_paired_by_seed():
+    """One method's lead must not stand in for another's: qn ahead of TFMOT does not make
+    crq so. The paired count compares the same seeds, so the mean can hide a lost seed."""
+    qn = "qn ternary, first/last 8-bit + depthwise 4-bit, hard_fraction 1 (default)"
+    crq = "crq ternary, first/last 8-bit + depthwise 4-bit, hard_fraction 1 (default)"
+    tfmot = "TFMOT STE ternary, first/last 8-bit + depthwise 4-bit"
+    chosen = {qn: [_result(0.9, 0.97), _result(0.9, 0.91)],
+              crq: [_result(0.9, 0.92), _result(0.9, 0.93)],
+              tfmot: [_result(0.9, 0.92), _result(0.9, 0.94)]}
+    chosen[crq][1]["weight_bytes"] = 36
+    qn_within, qn_better, crq_within, crq_better, agreement, size = issue_targets(
+        chosen, float_test=0.95)
+    assert qn_within[0].startswith("best qn row") and crq_within[0].startswith("best crq row")
+    assert qn_better[2] == "met" and "+1.00 ± 4.00 points, ahead on 1 of 2 seeds" in qn_better[1]
+    assert crq_better[2] == "**missed**" and "ahead on 0 of 2 seeds" in crq_better[1]
+    assert agreement[2] == "met"
+    assert size[2] == "**missed**" and "0.360x" in size[1]
