@@ -31,7 +31,8 @@ trained weights, then the method's ternary stage for the remaining epochs, so th
 costs the same epochs). ``uniform ternary (LSQ)`` is the shared learned-step quantizer
 at 2 bits (``qmax`` 1), with the default policy. TFMOT's straight-through ternary (its
 n-bit scheme at W2A8, the suite's baseline) runs with the same policies
-(:func:`benchmarks.baselines.tfmot_n_bit`), for a fair comparison.
+(:func:`benchmarks.baselines.tfmot_n_bit`), and with the same distillation
+(``+ KD``), for a fair comparison.
 
 Columns: accuracy (validation, test) on TFLM for tfqnet rows, of the Keras QAT model
 for TFMOT rows (its flatbuffer is INT4, not ternary); QAT-vs-TFLM top-1 agreement on
@@ -118,6 +119,7 @@ ROWS: dict[str, tuple[str, dict, bool]] = {
     "TFMOT STE ternary, first/last 8-bit": ("tfmot", _FL, False),
     "TFMOT STE ternary, first/last + depthwise 8-bit": ("tfmot", _FLD8, False),
     "TFMOT STE ternary, first/last 8-bit + depthwise 4-bit": ("tfmot", _FLD4, False),
+    "TFMOT STE ternary, first/last 8-bit + depthwise 4-bit + KD": ("tfmot", _FLD4, True),
 }
 
 
