@@ -114,6 +114,8 @@ ROWS: dict[str, tuple[str, dict, bool]] = {
     "crq ternary, default, progressive 8 -> 4 -> 2": (
         "crq", {**_DEFAULT, "progressive": True}, False),
     "crq ternary, default + KD": ("crq", _DEFAULT, True),
+    **{f"crq ternary, default, strength {x:g}": ("crq", {**_DEFAULT, "strength": x}, False)
+       for x in (0.0, 1e-4, 1e-2, 1e-1)},
     "uniform ternary (LSQ), first/last 8-bit + depthwise 4-bit": ("uniform", _FLD4, False),
     "TFMOT STE ternary, no policy": ("tfmot", {"policy": None}, False),
     "TFMOT STE ternary, first/last 8-bit": ("tfmot", _FL, False),
