@@ -102,8 +102,10 @@ ROWS: dict[str, tuple[str, dict, bool]] = {
         "crq", {**_FLD8, **_HARD}, False),
     "crq ternary, first/last + depthwise 8-bit, hard_fraction 1 + KD": (
         "crq", {**_FLD8, **_HARD}, True),
-    "crq ternary, first/last 8-bit + depthwise 4-bit, hard_fraction 1 (default)": (
+    "crq ternary, first/last 8-bit + depthwise 4-bit, hard_fraction 1": (
         "crq", {**_FLD4, **_HARD}, False),
+    "crq ternary, first/last 8-bit + depthwise 4-bit, hard_fraction 1, strength 0.01 (default)": (
+        "crq", {**_DEFAULT, "strength": 1e-2}, False),
     "qn ternary, default + warm-up/cosine": ("qn", {**_DEFAULT, "schedule": "cosine"}, False),
     "qn ternary, default + BN re-estimation": ("qn", {**_DEFAULT, "bn_reestimate": True}, False),
     "qn ternary, default, progressive 8 -> 4 -> 2": (
@@ -123,6 +125,9 @@ ROWS: dict[str, tuple[str, dict, bool]] = {
     "TFMOT STE ternary, first/last 8-bit + depthwise 4-bit": ("tfmot", _FLD4, False),
     "TFMOT STE ternary, first/last 8-bit + depthwise 4-bit + KD": ("tfmot", _FLD4, True),
 }
+for _method, _options, _ in ROWS.values():
+    if _method == "crq":  # without a strength in the name: 1e-3, crq's default until the
+        _options.setdefault("strength", 1e-3)  # strength rows were measured
 
 
 def split(task):

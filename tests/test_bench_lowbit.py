@@ -84,7 +84,7 @@ def _result(val: float, test: float) -> dict:
 def test_each_rows_rate_is_chosen_on_validation_and_the_targets_read_it():
     """A rate sweep must never pick by test accuracy: the rate with the better test
     split but the worse validation split loses, for tfqnet and TFMOT rows alike."""
-    ours = "crq ternary, first/last 8-bit + depthwise 4-bit, hard_fraction 1 (default)"
+    ours = "crq ternary, first/last 8-bit + depthwise 4-bit, hard_fraction 1"
     theirs = "TFMOT STE ternary, first/last 8-bit + depthwise 4-bit"
     results = {(ours, 1e-3): [_result(0.90, 0.99)], (ours, 2e-3): [_result(0.95, 0.93)],
                (theirs, 1e-3): [_result(0.94, 0.92)], (theirs, 2e-3): [_result(0.80, 0.98)]}
@@ -102,7 +102,7 @@ def test_each_method_meets_its_own_targets_against_tfmot_paired_by_seed():
     """One method's lead must not stand in for another's: qn ahead of TFMOT does not make
     crq so. The paired count compares the same seeds, so the mean can hide a lost seed."""
     qn = "qn ternary, first/last 8-bit + depthwise 4-bit, hard_fraction 1 (default)"
-    crq = "crq ternary, first/last 8-bit + depthwise 4-bit, hard_fraction 1 (default)"
+    crq = "crq ternary, first/last 8-bit + depthwise 4-bit, hard_fraction 1"
     tfmot = "TFMOT STE ternary, first/last 8-bit + depthwise 4-bit"
     chosen = {qn: [_result(0.9, 0.97), _result(0.9, 0.91)],
               crq: [_result(0.9, 0.92), _result(0.9, 0.93)],

@@ -42,10 +42,11 @@ more than 2 bits (the layer policy, ``overrides``) use the uniform weight quanti
 
 Options of ``quantize_model(..., method="crq", ...)`` (``weight_bits`` is 2, the
 default; any other raises):
-``strength`` (lambda at the end of the ramp, default 1e-3; the loss is a *sum* over
+``strength`` (lambda at the end of the ramp, default 1e-2; the loss is a *sum* over
 the layer's weights) and ``hard_fraction`` (share of the epochs trained hard, 1.0:
-ternary forward with the regularizer at full strength from the first step, best on
-the validation splits, ``docs/defaults.md``; below 1 the ramp runs over the rest).
+ternary forward with the regularizer at full strength from the first step; below 1 the
+ramp runs over the rest). Both defaults were chosen on validation splits
+(``docs/defaults.md``).
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ from tfqnet.quantizers.uniform import UniformActivationQuantizer, UniformWeightQ
 
 TERNARY_BITS = 2
 HARD_FRACTION = 1.0
+STRENGTH = 1e-2
 TWN_DELTA = 0.7
 _MIN_ALPHA = 1e-8
 
@@ -101,7 +103,7 @@ class ClusterRegularizer(keras.regularizers.Regularizer):
     and gradient are zero when every weight sits on a target.
     """
 
-    def __init__(self, strength: float = 1e-3, per_axis: bool = False, channel_dims: int = 1):
+    def __init__(self, strength: float = STRENGTH, per_axis: bool = False, channel_dims: int = 1):
         if not strength >= 0.0:
             raise ValueError(f"strength must be >= 0, got {strength!r}")
         self.strength = float(strength)
@@ -144,7 +146,7 @@ class CRQWeightQuantizer(Quantizer):
         self,
         per_axis: bool = True,
         channel_dims: int = 1,
-        strength: float = 1e-3,
+        strength: float = STRENGTH,
         hard_fraction: float = HARD_FRACTION,
     ):
         if not 0.0 < hard_fraction <= 1.0:
@@ -283,7 +285,7 @@ class CRQSchedule(keras.callbacks.Callback):
 class CRQMethod(QuantizationMethod):
     """``method="crq"``: ternary weights by cluster-regularized re-training.
 
-    Options: ``strength`` (lambda, default 1e-3) and ``hard_fraction`` (1.0). The
+    Options: ``strength`` (lambda, default 1e-2) and ``hard_fraction`` (1.0). The
     model's weights are ternary (``weight_bits`` 2, the default; other values raise);
     layers given more bits by the layer policy or ``overrides`` get the uniform
     quantizer.
@@ -302,7 +304,7 @@ class CRQMethod(QuantizationMethod):
             )
         return TERNARY_BITS
 
-    def __init__(self, strength: float = 1e-3, hard_fraction: float = HARD_FRACTION):
+    def __init__(self, strength: float = STRENGTH, hard_fraction: float = HARD_FRACTION):
         if not strength >= 0.0:
             raise ValueError(f"strength must be >= 0, got {strength!r}")
         if not 0.0 < hard_fraction <= 1.0:
