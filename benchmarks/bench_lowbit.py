@@ -104,6 +104,7 @@ ROWS: dict[str, tuple[str, dict, bool]] = {
         "crq", {**_FLD8, **_HARD}, True),
     "crq ternary, first/last 8-bit + depthwise 4-bit, hard_fraction 1": (
         "crq", {**_FLD4, **_HARD}, False),
+    # the options of "crq ternary, default, strength 0.01", under today's default's name
     "crq ternary, first/last 8-bit + depthwise 4-bit, hard_fraction 1, strength 0.01 (default)": (
         "crq", {**_DEFAULT, "strength": 1e-2}, False),
     "qn ternary, default + warm-up/cosine": ("qn", {**_DEFAULT, "schedule": "cosine"}, False),
@@ -125,9 +126,10 @@ ROWS: dict[str, tuple[str, dict, bool]] = {
     "TFMOT STE ternary, first/last 8-bit + depthwise 4-bit": ("tfmot", _FLD4, False),
     "TFMOT STE ternary, first/last 8-bit + depthwise 4-bit + KD": ("tfmot", _FLD4, True),
 }
-for _method, _options, _ in ROWS.values():
-    if _method == "crq":  # without a strength in the name: 1e-3, crq's default until the
-        _options.setdefault("strength", 1e-3)  # strength rows were measured
+# crq rows without a strength in their name: 1e-3, crq's default until the strength rows
+# were measured. Rebuilt, not updated in place: rows share the option dicts above.
+ROWS = {name: (method, {"strength": 1e-3, **options} if method == "crq" else options, kd)
+        for name, (method, options, kd) in ROWS.items()}
 
 
 def split(task):

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 import tfqnet
 from benchmarks.bench_lowbit import (
+    _DEFAULT,
+    ROWS,
     chosen_rates,
     issue_targets,
     reestimated_batch_norms,
@@ -115,3 +119,15 @@ def test_each_method_meets_its_own_targets_against_tfmot_paired_by_seed():
     assert crq_better[2] == "**missed**" and "ahead on 0 of 2 seeds" in crq_better[1]
     assert agreement[2] == "met"
     assert size[2] == "**missed**" and "0.360x" in size[1]
+
+
+def test_crq_rows_train_at_the_strength_their_name_gives_else_the_old_default():
+    """A row keeps measuring what it measured when crq's default changes; the option
+    dicts rows share (``_DEFAULT``) must not pick up crq's strength, which qn refuses."""
+    assert "strength" not in _DEFAULT
+    for name, (method, options, _) in ROWS.items():
+        named = re.search(r"strength ([0-9.e-]+)", name)
+        if method == "crq":
+            assert options["strength"] == (float(named[1]) if named else 1e-3), name
+        else:
+            assert "strength" not in options, name
